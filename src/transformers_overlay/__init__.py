@@ -1,0 +1,28 @@
+"""transformers-overlay: numerically safe eager attention in float16/bfloat16 for transformers' Qwen2 and SigLIP.
+
+Importing this package is cheap: torch and transformers are only imported when one of the names below is used.
+"""
+
+__version__ = "0.1.0"
+
+__all__ = ["apply", "revert", "disabled", "status", "eager_attention_forward"]
+
+_LAZY_ATTRIBUTES = {
+    "apply": "patching",
+    "revert": "patching",
+    "disabled": "patching",
+    "status": "patching",
+    "eager_attention_forward": "integrations.stable_eager_attention",
+}
+
+
+def __getattr__(name):
+    if name not in _LAZY_ATTRIBUTES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(f"{__name__}.{_LAZY_ATTRIBUTES[name]}"), name)
+
+
+def __dir__():
+    return sorted([*globals(), *_LAZY_ATTRIBUTES])

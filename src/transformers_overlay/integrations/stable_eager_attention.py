@@ -1,0 +1,93 @@
+"""Eager attention that stays finite and accurate in float16/bfloat16.
+
+This is the single source of the stable attention function: the overlay binds it into transformers' modeling modules
+at run time, and `scripts/make_patches.py` copies its text into the patch set for a transformers checkout.
+"""
+
+import torch
+from torch import nn
+from transformers.integrations.sdpa_attention import repeat_kv
+
+
+def _query_rows_per_block(query_len: int) -> int:
+    """
+    Number of query rows whose float32 scores are held at once: about 1/16 of the rows, so the float32 block stays a
+    fraction of the returned weights, and never fewer than 64 (a multiple of 8, which keeps the matmul on the same
+    kernel as an unblocked one, so blocking does not change the result).
+    """
+    return max(64, (-(-query_len // 16) + 7) // 8 * 8)
+
+
+def _add_attention_mask_(scores: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """
+    Adds `attention_mask` to the float32 `scores` in place. A boolean mask means True = attend: False becomes -inf.
+    A float mask is added as it is. Returns the rows whose keys are all masked with -inf (softmax makes them NaN).
+    """
+    if attention_mask.dtype == torch.bool:
+        scores.masked_fill_(attention_mask.logical_not(), float("-inf"))
+        return attention_mask.logical_not().all(dim=-1, keepdim=True)
+    scores.add_(attention_mask)
+    return torch.isneginf(attention_mask).all(dim=-1, keepdim=True)
+
+
+def eager_attention_forward(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float,
+    dropout: float = 0.0,
+    **kwargs,
+):
+    r"""
+    Eager attention computed in float32, returning `(attn_output, attn_weights)` like the other attention functions.
+
+    With `Q`, `K`, `V` the query, key and value states upcast to float32 (`K`, `V` repeated for grouped-query
+    attention when `module` has `num_key_value_groups`) and `M` the attention mask:
+
+        scores = (Q * scaling) @ K^T + M     # M: float mask added as is; boolean mask: True -> 0, False -> -inf
+        attn_weights = softmax(scores, dim=-1)
+        attn_output = dropout(attn_weights, p=dropout) @ V
+
+    - Scores, mask and softmax are float32 whatever the input dtype, so float16 scores cannot overflow to inf (and
+      NaN after softmax) and bfloat16 scores keep their precision. The mask is sliced to the key length.
+    - A row whose keys are all masked with -inf gets zero weights and a zero output instead of NaN; no masked key is
+      ever attended.
+    - `attn_output` has shape `(batch, q_len, num_heads, head_dim)` and `attn_weights` (after dropout) shape
+      `(batch, num_heads, q_len, kv_len)`, both in `value.dtype`. For float32 inputs the result equals transformers'
+      eager attention up to float32 rounding (1e-6).
+    - The float32 scores are computed for one block of query rows at a time and written straight into the returned
+      weights, so the extra memory is a fraction of `attn_weights` rather than several times it.
+    """
+    if hasattr(module, "num_key_value_groups"):
+        key = repeat_kv(key, module.num_key_value_groups)
+        value = repeat_kv(value, module.num_key_value_groups)
+    batch_size, num_heads, query_len, _ = query.shape
+    key_len = key.shape[-2]
+    if attention_mask is not None:
+        attention_mask = attention_mask[..., :key_len]
+
+    query_states = query.to(torch.float32) * scaling
+    key_states_t = key.to(torch.float32).transpose(-1, -2)
+    value_states = value.to(torch.float32)
+    attn_weights = value.new_empty(batch_size, num_heads, query_len, key_len)
+    attn_output = value.new_empty(batch_size, query_len, num_heads, value.shape[-1])
+
+    rows_per_block = _query_rows_per_block(query_len)
+    for start in range(0, query_len, rows_per_block):
+        rows = slice(start, start + rows_per_block)
+        scores = torch.matmul(query_states[:, :, rows], key_states_t)
+        fully_masked_rows = None
+        if attention_mask is not None:
+            block_mask = attention_mask if attention_mask.shape[-2] == 1 else attention_mask[..., rows, :]
+            fully_masked_rows = _add_attention_mask_(scores, block_mask)
+        probs = nn.functional.softmax(scores, dim=-1)
+        if fully_masked_rows is not None and fully_masked_rows.any():
+            probs = probs.masked_fill(fully_masked_rows, 0.0)
+        probs = nn.functional.dropout(probs, p=dropout, training=module.training)
+        attn_weights[:, :, rows] = probs
+        attn_output[:, rows] = torch.matmul(probs, value_states).transpose(1, 2)
+        del scores, probs  # release this block before the next one is allocated
+
+    return attn_output, attn_weights

@@ -1,0 +1,165 @@
+"""Applying, reverting and reporting the overlay on transformers' modeling modules.
+
+One table, `PATCHED_MODULES` (in `_activation`), says which transformers module each model type patches; the
+replacement is the `eager_attention_forward` of the mirror module `transformers_overlay.models.<type>.modeling_<type>`.
+Only the module attribute changes: `revert()` puts back the very object it replaced.
+"""
+
+import contextlib
+import importlib
+import inspect
+import sys
+
+from ._activation import OPT_OUT_ENV, PATCHED_MODULES, _warn_once, import_hook_installed, opt_out_is_set
+
+
+PATCHED_ATTRIBUTE = "eager_attention_forward"
+SUPPORTED_TRANSFORMERS = (">=4.48", "<5.24")
+
+# Parameters (name, kind) of the upstream function that the stable one replaces; anything else is left alone.
+_EXPECTED_PARAMETERS = (
+    ("module", inspect.Parameter.POSITIONAL_OR_KEYWORD),
+    ("query", inspect.Parameter.POSITIONAL_OR_KEYWORD),
+    ("key", inspect.Parameter.POSITIONAL_OR_KEYWORD),
+    ("value", inspect.Parameter.POSITIONAL_OR_KEYWORD),
+    ("attention_mask", inspect.Parameter.POSITIONAL_OR_KEYWORD),
+    ("scaling", inspect.Parameter.POSITIONAL_OR_KEYWORD),
+    ("dropout", inspect.Parameter.POSITIONAL_OR_KEYWORD),
+    ("kwargs", inspect.Parameter.VAR_KEYWORD),
+)
+
+_MODEL_TYPE_BY_MODULE = {module_name: model_type for model_type, module_name in PATCHED_MODULES.items()}
+_originals = {}  # model type -> the transformers function that was replaced
+_skipped = {}  # model type -> why it was left alone
+_enabled = True  # False after revert(): the import hook then leaves newly imported modules alone
+
+
+def transformers_version() -> str | None:
+    """The installed transformers version, read without importing transformers; None when it is not installed."""
+    module = sys.modules.get("transformers")
+    if module is not None and hasattr(module, "__version__"):
+        return module.__version__
+    from importlib import metadata
+
+    try:
+        return metadata.version("transformers")
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def is_supported_transformers(version: str) -> bool:
+    from packaging.specifiers import SpecifierSet
+
+    return SpecifierSet(",".join(SUPPORTED_TRANSFORMERS)).contains(version, prereleases=True)
+
+
+def _replacement(model_type: str):
+    binding = importlib.import_module(f"transformers_overlay.models.{model_type}.modeling_{model_type}")
+    return getattr(binding, PATCHED_ATTRIBUTE)
+
+
+def _why_not_patchable(target) -> str | None:
+    """Why `target` does not look like transformers' eager attention function, or None when it does."""
+    if target is None:
+        return f"the module has no `{PATCHED_ATTRIBUTE}`"
+    try:
+        parameters = tuple((p.name, p.kind) for p in inspect.signature(target).parameters.values())
+    except (TypeError, ValueError):
+        return f"`{PATCHED_ATTRIBUTE}` has no inspectable signature"
+    if parameters != _EXPECTED_PARAMETERS:
+        found = ", ".join(name for name, _ in parameters)
+        return f"`{PATCHED_ATTRIBUTE}({found})` does not have the expected signature"
+    return None
+
+
+def _patch(model_type: str) -> None:
+    module = sys.modules[PATCHED_MODULES[model_type]]
+    current = getattr(module, PATCHED_ATTRIBUTE, None)
+    replacement = _replacement(model_type)
+    if current is replacement:
+        return
+    version = transformers_version()
+    if version is None or not is_supported_transformers(version):
+        reason = f"transformers {version} is outside the supported range {','.join(SUPPORTED_TRANSFORMERS)}"
+    else:
+        reason = _why_not_patchable(current)
+    if reason is not None:
+        _skipped[model_type] = reason
+        _warn_once(f"transformers-overlay left {module.__name__} unpatched: {reason}.")
+        return
+    _skipped.pop(model_type, None)
+    _originals[model_type] = current
+    setattr(module, PATCHED_ATTRIBUTE, replacement)
+
+
+def patch_loaded_module(module_name: str) -> None:
+    """Called by the import hook once transformers has executed `module_name`."""
+    if _enabled:
+        _patch(_MODEL_TYPE_BY_MODULE[module_name])
+
+
+def apply(model_types=None) -> dict:
+    """
+    Replaces `eager_attention_forward` in the modeling modules of `model_types` (default: all of `PATCHED_MODULES`),
+    importing them if needed, and keeps patching them on later imports. Works whether or not the import hook is
+    installed, and ignores the opt-out variable (an explicit call wins). Returns `status()`.
+    """
+    global _enabled
+    _enabled = True
+    for model_type in model_types or PATCHED_MODULES:
+        importlib.import_module(PATCHED_MODULES[model_type])
+        _patch(model_type)
+    return status()
+
+
+def revert(model_types=None) -> dict:
+    """Puts back the exact objects `apply()` replaced and stops patching on import. Returns `status()`."""
+    global _enabled
+    model_types = list(model_types or PATCHED_MODULES)
+    if set(model_types) >= set(PATCHED_MODULES):
+        _enabled = False
+    for model_type in model_types:
+        original = _originals.pop(model_type, None)
+        module = sys.modules.get(PATCHED_MODULES[model_type])
+        if original is not None and module is not None:
+            setattr(module, PATCHED_ATTRIBUTE, original)
+    return status()
+
+
+@contextlib.contextmanager
+def disabled():
+    """Runs the block with stock transformers' eager attention, then restores whatever was patched before."""
+    global _enabled
+    was_enabled, was_patched = _enabled, list(_originals)
+    revert()
+    try:
+        yield
+    finally:
+        _enabled = was_enabled
+        for model_type in was_patched:
+            _patch(model_type)
+
+
+def status() -> dict:
+    """What the overlay does right now: versions, opt-out, import hook, and one entry per model type."""
+    models = {}
+    for model_type, module_name in PATCHED_MODULES.items():
+        module = sys.modules.get(module_name)
+        if module is None:
+            state = "not imported yet" if _enabled and import_hook_installed() else "not imported"
+        elif model_type in _originals:
+            state = "patched"
+        elif model_type in _skipped:
+            state = f"stock ({_skipped[model_type]})"
+        else:
+            state = "stock"
+        models[model_type] = {"module": module_name, "state": state}
+    return {
+        "transformers": transformers_version(),
+        "supported_transformers": ",".join(SUPPORTED_TRANSFORMERS),
+        "opt_out_variable": OPT_OUT_ENV,
+        "opt_out": opt_out_is_set(),
+        "import_hook": import_hook_installed(),
+        "enabled": _enabled,
+        "models": models,
+    }
