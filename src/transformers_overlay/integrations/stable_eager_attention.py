@@ -6,6 +6,7 @@ at run time, and `scripts/make_patches.py` copies its text into the patch set fo
 
 import torch
 from torch import nn
+
 from transformers.integrations.sdpa_attention import repeat_kv
 
 
