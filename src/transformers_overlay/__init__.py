@@ -5,7 +5,15 @@ Importing this package is cheap: torch and transformers are only imported when o
 
 __version__ = "0.1.0"
 
-__all__ = ["apply", "revert", "disabled", "status", "eager_attention_forward"]
+__all__ = [
+    "apply",
+    "revert",
+    "disabled",
+    "status",
+    "eager_attention_forward",
+    "capture_attention",
+    "image_token_positions",
+]
 
 _LAZY_ATTRIBUTES = {
     "apply": "patching",
@@ -13,6 +21,8 @@ _LAZY_ATTRIBUTES = {
     "disabled": "patching",
     "status": "patching",
     "eager_attention_forward": "integrations.stable_eager_attention",
+    "capture_attention": "attention_capture",
+    "image_token_positions": "attention_capture",
 }
 
 

@@ -16,6 +16,10 @@ from ._activation import OPT_OUT_ENV, PATCHED_MODULES, _warn_once, import_hook_i
 PATCHED_ATTRIBUTE = "eager_attention_forward"
 SUPPORTED_TRANSFORMERS = (">=4.48", "<5.24")
 
+# First transformers release whose modeling module has the module-level function (before it, eager attention is
+# written inside the attention class and the overlay cannot replace it).
+FIRST_PATCHABLE_RELEASE = {"qwen2": "4.48", "siglip": "4.51"}
+
 # Parameters (name, kind) of the upstream function that the stable one replaces; anything else is left alone.
 _EXPECTED_PARAMETERS = (
     ("module", inspect.Parameter.POSITIONAL_OR_KEYWORD),
@@ -47,10 +51,25 @@ def transformers_version() -> str | None:
         return None
 
 
-def is_supported_transformers(version: str) -> bool:
+def is_supported_transformers(version: str | None) -> bool:
+    """True when `version` is a transformers release in `SUPPORTED_TRANSFORMERS` (the releases tested in CI)."""
+    if version is None:  # checked first: without transformers, `packaging` (its dependency) may be missing too
+        return False
     from packaging.specifiers import SpecifierSet
+    from packaging.version import InvalidVersion, Version
 
-    return SpecifierSet(",".join(SUPPORTED_TRANSFORMERS)).contains(version, prereleases=True)
+    try:
+        return SpecifierSet(",".join(SUPPORTED_TRANSFORMERS)).contains(Version(version), prereleases=True)
+    except InvalidVersion:
+        return False
+
+
+def _why_unsupported(version: str | None) -> str | None:
+    """Why the installed transformers is not patched at all, or None when it is in the supported range."""
+    if is_supported_transformers(version):
+        return None
+    found = "no installed transformers" if version is None else f"transformers {version}"
+    return f"{found} is outside the supported range {','.join(SUPPORTED_TRANSFORMERS)}"
 
 
 def _replacement(model_type: str):
@@ -58,10 +77,14 @@ def _replacement(model_type: str):
     return getattr(binding, PATCHED_ATTRIBUTE)
 
 
-def _why_not_patchable(target) -> str | None:
+def _why_not_patchable(model_type: str, target) -> str | None:
     """Why `target` does not look like transformers' eager attention function, or None when it does."""
     if target is None:
-        return f"the module has no `{PATCHED_ATTRIBUTE}`"
+        first = FIRST_PATCHABLE_RELEASE[model_type]
+        return (
+            f"transformers {transformers_version()} has no module-level `{PATCHED_ATTRIBUTE}` here (it has since "
+            f"{first}), so {model_type}'s eager attention stays stock: use attn_implementation='sdpa' for it"
+        )
     try:
         parameters = tuple((p.name, p.kind) for p in inspect.signature(target).parameters.values())
     except (TypeError, ValueError):
@@ -75,17 +98,25 @@ def _why_not_patchable(target) -> str | None:
 def _patch(model_type: str) -> None:
     module = sys.modules[PATCHED_MODULES[model_type]]
     current = getattr(module, PATCHED_ATTRIBUTE, None)
-    replacement = _replacement(model_type)
-    if current is replacement:
+    unsupported = _why_unsupported(transformers_version())
+    if unsupported is not None:
+        _skipped[model_type] = unsupported
+        # One message for every model type, so that a process warns once however many modules it imports.
+        _warn_once(f"transformers-overlay is inactive: {unsupported}; eager attention stays stock (P-001 not fixed).")
         return
-    version = transformers_version()
-    if version is None or not is_supported_transformers(version):
-        reason = f"transformers {version} is outside the supported range {','.join(SUPPORTED_TRANSFORMERS)}"
-    else:
-        reason = _why_not_patchable(current)
+    # The target is checked before the replacement is imported: importing it needs torch and transformers internals
+    # that a transformers this check rejects may not have.
+    reason = _why_not_patchable(model_type, current)
+    if reason is None:
+        try:
+            replacement = _replacement(model_type)
+        except Exception as error:
+            reason = f"the stable function cannot be imported ({error!r})"
     if reason is not None:
         _skipped[model_type] = reason
         _warn_once(f"transformers-overlay left {module.__name__} unpatched: {reason}.")
+        return
+    if current is replacement:
         return
     _skipped.pop(model_type, None)
     _originals[model_type] = current
@@ -98,6 +129,19 @@ def patch_loaded_module(module_name: str) -> None:
         _patch(_MODEL_TYPE_BY_MODULE[module_name])
 
 
+def _checked_model_types(model_types) -> list[str]:
+    """`model_types` as a list: all of `PATCHED_MODULES` for None, one model type for a string. Unknown ones raise."""
+    if model_types is None:
+        return list(PATCHED_MODULES)
+    model_types = [model_types] if isinstance(model_types, str) else list(model_types)
+    unknown = [model_type for model_type in model_types if model_type not in PATCHED_MODULES]
+    if unknown:
+        raise ValueError(
+            f"unknown model type {', '.join(map(repr, unknown))}: the overlay patches {', '.join(PATCHED_MODULES)}"
+        )
+    return model_types
+
+
 def apply(model_types=None) -> dict:
     """
     Replaces `eager_attention_forward` in the modeling modules of `model_types` (default: all of `PATCHED_MODULES`),
@@ -105,8 +149,9 @@ def apply(model_types=None) -> dict:
     installed, and ignores the opt-out variable (an explicit call wins). Returns `status()`.
     """
     global _enabled
+    model_types = _checked_model_types(model_types)
     _enabled = True
-    for model_type in model_types or PATCHED_MODULES:
+    for model_type in model_types:
         importlib.import_module(PATCHED_MODULES[model_type])
         _patch(model_type)
     return status()
@@ -115,7 +160,7 @@ def apply(model_types=None) -> dict:
 def revert(model_types=None) -> dict:
     """Puts back the exact objects `apply()` replaced and stops patching on import. Returns `status()`."""
     global _enabled
-    model_types = list(model_types or PATCHED_MODULES)
+    model_types = _checked_model_types(model_types)
     if set(model_types) >= set(PATCHED_MODULES):
         _enabled = False
     for model_type in model_types:
@@ -128,24 +173,34 @@ def revert(model_types=None) -> dict:
 
 @contextlib.contextmanager
 def disabled():
-    """Runs the block with stock transformers' eager attention, then restores whatever was patched before."""
+    """
+    Runs the block with stock transformers' eager attention, then restores whatever was patched before, and patches
+    the modules first imported inside the block if the overlay was enabled (as the import hook would have).
+    """
     global _enabled
     was_enabled, was_patched = _enabled, list(_originals)
+    imported_before = {model_type for model_type, name in PATCHED_MODULES.items() if name in sys.modules}
     revert()
     try:
         yield
     finally:
         _enabled = was_enabled
-        for model_type in was_patched:
-            _patch(model_type)
+        for model_type, module_name in PATCHED_MODULES.items():
+            imported_inside = was_enabled and model_type not in imported_before and module_name in sys.modules
+            if model_type in was_patched or imported_inside:
+                _patch(model_type)
 
 
 def status() -> dict:
     """What the overlay does right now: versions, opt-out, import hook, and one entry per model type."""
+    version = transformers_version()
+    unsupported = _why_unsupported(version)
     models = {}
     for model_type, module_name in PATCHED_MODULES.items():
         module = sys.modules.get(module_name)
-        if module is None:
+        if module is None and unsupported is not None:
+            state = f"not imported; will stay stock ({unsupported})"
+        elif module is None:
             state = "not imported yet" if _enabled and import_hook_installed() else "not imported"
         elif model_type in _originals:
             state = "patched"
@@ -155,8 +210,9 @@ def status() -> dict:
             state = "stock"
         models[model_type] = {"module": module_name, "state": state}
     return {
-        "transformers": transformers_version(),
+        "transformers": version,
         "supported_transformers": ",".join(SUPPORTED_TRANSFORMERS),
+        "transformers_supported": unsupported is None,
         "opt_out_variable": OPT_OUT_ENV,
         "opt_out": opt_out_is_set(),
         "import_hook": import_hook_installed(),

@@ -1,0 +1,93 @@
+#!/usr/bin/env bash
+# CI for the patch series: downloads the transformers sdist the series targets, unpacks it and commits it to a fresh
+# git repository, then exercises scripts/apply_patches.sh on it (apply, --check, --reverse back to the pristine tree,
+# apply again with --commit), installs the patched tree into its own virtual environment (CPU torch pin first, no
+# overlay) and runs this repository's tests/models there: the fix must hold with stock-style transformers alone.
+#
+# usage: scripts/ci_patched_tree.sh
+# environment:
+#   PYTHON         interpreter that creates the environment (default: python3)
+#   TORCH_VERSION  torch installed first (default: 2.13.0, the CPU wheel on this machine's disk)
+#   WORK_DIR       where the tree, the environment and the logs go (default: a temporary directory, removed at the end)
+#   TEST_PATHS     test paths, relative to this checkout (default: tests/models)
+set -euo pipefail
+
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+PYTHON="${PYTHON:-python3}"
+TORCH_VERSION="${TORCH_VERSION:-2.13.0}"
+VERSION="$(sed -n 's/^# transformers-version: *//p' "$REPO/patches/series")"
+START=$SECONDS
+
+if [[ -n "${WORK_DIR:-}" ]]; then
+    mkdir -p "$WORK_DIR"
+else
+    WORK_DIR="$(mktemp -d -t overlay-patched-tree.XXXXXX)"
+    trap 'rm -rf "$WORK_DIR"' EXIT
+fi
+TREE="$WORK_DIR/transformers-$VERSION"
+VENV="$WORK_DIR/venv"
+LOG="$WORK_DIR/install.log"
+export PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONUNBUFFERED=1
+gitq() { git -C "$TREE" -c user.name=ci -c user.email=ci@localhost "$@"; }
+
+step() { printf '\n=== patched tree: %s (%s, %ss)\n' "$1" "$(date -u +%H:%M:%S)" "$((SECONDS - START))"; }
+fail() {
+    echo "ci_patched_tree: $*" >&2
+    exit 1
+}
+
+step "download and unpack the transformers $VERSION sdist"
+"$PYTHON" -m pip download --quiet --no-deps --no-binary :all: "transformers==$VERSION" --dest "$WORK_DIR"
+tar -xzf "$WORK_DIR/transformers-$VERSION.tar.gz" -C "$WORK_DIR"
+gitq init --quiet
+gitq add --all
+gitq commit --quiet -m "transformers $VERSION (PyPI sdist)"
+PRISTINE="$(gitq rev-parse HEAD)"
+
+step "apply, --check, --reverse, apply --commit"
+"$REPO/scripts/apply_patches.sh" "$TREE"
+"$REPO/scripts/apply_patches.sh" "$TREE" --check | tee "$WORK_DIR/check.txt"
+grep -q "already applied" "$WORK_DIR/check.txt" || fail "--check does not report the series as applied"
+"$REPO/scripts/apply_patches.sh" "$TREE" --reverse
+[[ -z "$(gitq status --porcelain)" ]] || fail "--reverse did not restore the pristine tree"
+"$REPO/scripts/apply_patches.sh" "$TREE" --commit
+[[ -z "$(gitq status --porcelain)" ]] || fail "apply --commit left uncommitted changes"
+COMMITS="$(gitq rev-list --count "$PRISTINE..HEAD")"
+PATCHES="$(grep -vc '^#' "$REPO/patches/series")"
+[[ $COMMITS == "$PATCHES" ]] || fail "apply --commit made $COMMITS commits for $PATCHES patches"
+gitq log --oneline "$PRISTINE..HEAD"
+
+step "install the patched tree in $VENV (torch $TORCH_VERSION first, no overlay)"
+{
+    "$PYTHON" -m venv "$VENV" &&
+        "$VENV/bin/python" -m pip install --progress-bar off "torch==$TORCH_VERSION" &&
+        "$VENV/bin/python" -m pip install --progress-bar off "$TREE" pytest parameterized pillow
+} >"$LOG" 2>&1 || {
+    tail -n 30 "$LOG" >&2
+    fail "installing the patched tree failed (log: $LOG)"
+}
+# the tests must see the patched transformers and nothing of the overlay
+(cd "$WORK_DIR" && "$VENV/bin/python" - "$VERSION" "$TORCH_VERSION") <<'EOF'
+import importlib.util
+import sys
+from importlib.metadata import version
+
+import transformers.models.qwen2.modeling_qwen2 as modeling_qwen2
+
+if importlib.util.find_spec("transformers_overlay") is not None:
+    sys.exit("transformers_overlay is importable in the patched-tree environment")
+found = (version("transformers"), version("torch").split("+")[0])
+if found != (sys.argv[1], sys.argv[2]):
+    sys.exit(f"installed transformers/torch {found}, wanted {tuple(sys.argv[1:])}")
+print(f"transformers {found[0]} from {modeling_qwen2.__file__}, torch {version('torch')}, no overlay")
+EOF
+
+step "tests/models against the patched tree"
+TESTS=()
+for path in ${TEST_PATHS:-tests/models}; do
+    [[ -e "$REPO/$path" ]] && TESTS+=("$path")
+done
+[[ ${#TESTS[@]} -gt 0 ]] || fail "no test path found in $REPO"
+(cd "$REPO" && "$VENV/bin/python" -m pytest -p no:cacheprovider -q "${TESTS[@]}")
+
+step "done in $((SECONDS - START))s"

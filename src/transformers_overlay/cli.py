@@ -1,0 +1,228 @@
+"""`transformers-overlay check`: reports what the overlay patches here and reproduces P-001 with and without it.
+
+Exit codes: 0 the overlay clears P-001 and eager attention runs it by default; 1 it does not clear P-001 (or the
+comparison cannot run); 2 bad arguments, or the requested model or device is not available; 3 it clears P-001 but
+this interpreter runs stock eager attention by default (opt-out set, import hook missing, unsupported transformers).
+"""
+
+import argparse
+import importlib
+import os
+import sys
+
+from . import __version__
+
+
+EXIT_CLEARED = 0
+EXIT_NOT_CLEARED = 1
+EXIT_UNAVAILABLE = 2
+EXIT_NOT_ACTIVE = 3
+
+DTYPES = ("float16", "bfloat16")
+TABLE_COLUMNS = ("dtype", "q/k bias", "attention", "NaN", "KL(fp32||x)", "top-1", "max|Δ|", "")
+COLUMN_WIDTHS = (8, 8, 13, 3, 11, 6, 7, 0)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="transformers-overlay",
+        description="Numerically safe eager attention in float16/bfloat16 for transformers' Qwen2 and LLaVA-OneVision.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    check = commands.add_parser(
+        "check",
+        help="show what is patched and reproduce P-001 with stock eager, overlay eager and sdpa",
+        description=(
+            "Prints the transformers/torch versions and what the overlay patches, then runs tiny Qwen2 and "
+            "LLaVA-OneVision models with 7B-like q/k biases (or --model) in float16 and bfloat16 with stock eager, "
+            "overlay eager and sdpa attention, and compares each with a float32 reference of the same rounded weights."
+        ),
+        epilog=(
+            "exit codes: 0 the overlay clears P-001 and is active by default; 1 it does not clear P-001; "
+            "2 bad arguments, or model/device not available; 3 it clears P-001 but eager attention here runs the "
+            "stock function by default"
+        ),
+    )
+    check.add_argument(
+        "--model",
+        metavar="PATH_OR_ID",
+        help="a Qwen2 or LLaVA-OneVision checkpoint already on this machine (never downloaded) instead of the tiny models",
+    )
+    check.add_argument("--device", default="cpu", help="torch device to run on, e.g. cpu (default), cuda, cuda:1")
+    check.add_argument(
+        "--dtype", nargs="+", choices=DTYPES, default=list(DTYPES), help="half-precision dtypes to check"
+    )
+    return parser
+
+
+def main(argv=None) -> int:
+    """Entry point of the `transformers-overlay` command; returns the exit code."""
+    args = build_parser().parse_args(argv)
+    return check(model=args.model, device=args.device, dtypes=args.dtype)
+
+
+def _error(message: str) -> None:
+    print(f"transformers-overlay check: error: {message}", file=sys.stderr)
+
+
+def _device_problem(device: str) -> str | None:
+    import torch
+
+    try:
+        device_type = torch.device(device).type
+    except RuntimeError:
+        return f"--device {device}: not a torch device"
+    if device_type == "cuda" and not torch.cuda.is_available():
+        return f"--device {device}: CUDA is not available (torch {torch.__version__})"
+    if device_type not in ("cpu", "cuda"):
+        return f"--device {device}: only cpu and cuda are supported"
+    return None
+
+
+def _import_patched_modules() -> str | None:
+    """Imports the transformers modules the overlay patches, as a user's model would (the import hook acts here)."""
+    from ._activation import PATCHED_MODULES
+
+    for module_name in PATCHED_MODULES.values():
+        try:
+            importlib.import_module(module_name)
+        except Exception as error:
+            return f"cannot import {module_name}: {error!r}"
+    return None
+
+
+def _not_active_reason(status: dict, model_types) -> str | None:
+    """Why eager attention of `model_types` runs stock code by default in this interpreter; None when it is patched."""
+    states = {model_type: status["models"][model_type]["state"] for model_type in model_types}
+    if all(state == "patched" for state in states.values()):
+        return None
+    if status["opt_out"]:
+        variable = status["opt_out_variable"]
+        return f"the opt-out {variable}={os.environ.get(variable)} is set (transformers_overlay.apply() overrides it)"
+    if not status.get("transformers_supported", True):
+        return (
+            f"transformers {status['transformers']} is outside the supported range {status['supported_transformers']}"
+        )
+    if not status["import_hook"]:
+        return "the import hook is not installed (pip install the package, or call transformers_overlay.apply())"
+    return "; ".join(f"{model_type}: {state}" for model_type, state in states.items() if state != "patched")
+
+
+def _print_header(status: dict, device: str) -> None:
+    import torch
+
+    device_name = (
+        torch.cuda.get_device_name(device) if device.startswith("cuda") else f"{torch.get_num_threads()} threads"
+    )
+    print(f"transformers-overlay {__version__}")
+    print(f"transformers {status['transformers']} (supported {status['supported_transformers']}), ", end="")
+    print(f"torch {torch.__version__}, device {device} ({device_name})")
+    opt_out = f"set ({os.environ.get(status['opt_out_variable'])!r})" if status["opt_out"] else "not set"
+    print(f"import hook {'installed' if status['import_hook'] else 'not installed'}, ", end="")
+    print(f"opt-out {status['opt_out_variable']} {opt_out}")
+    width = max(len(model_type) for model_type in status["models"])
+    for model_type, entry in status["models"].items():
+        print(f"  {model_type:<{width}}  {entry['module']}: {entry['state']}")
+
+
+def _format_row(cells, name_width: int) -> str:
+    widths = (name_width, *COLUMN_WIDTHS)
+    return "  ".join(f"{cell:<{width}}" for cell, width in zip(cells, widths)).rstrip()
+
+
+def _measurement_cells(measurement) -> tuple[str, str, str, str]:
+    kl = "nan" if measurement.kl != measurement.kl else f"{measurement.kl:.2e}"
+    max_abs = "nan" if measurement.max_abs != measurement.max_abs else f"{measurement.max_abs:.3g}"
+    return ("yes" if measurement.non_finite else "no", kl, f"{100 * measurement.top1:.1f}%", max_abs)
+
+
+def check(model: str | None = None, device: str = "cpu", dtypes=DTYPES) -> int:
+    """Runs the check and prints the report; returns the exit code (see the module docstring)."""
+    problem = _device_problem(device)
+    if problem is not None:
+        _error(problem)
+        return EXIT_UNAVAILABLE
+    problem = _import_patched_modules()
+    if problem is not None:
+        _error(problem)
+        return EXIT_UNAVAILABLE
+
+    import torch
+
+    from . import patching, reproduction
+
+    status = patching.status()  # the default of this interpreter, before the check swaps anything
+    dtypes = [getattr(torch, name) for name in dict.fromkeys(dtypes)]
+    if model is None:
+        runs = reproduction.builtin_runs(dtypes, device)
+    else:
+        from transformers.utils import logging
+
+        logging.disable_progress_bar()  # the weight-loading bars would interleave with the table
+        try:
+            case = reproduction.checkpoint_case(model, device)
+        except reproduction.CheckpointNotAvailable as error:
+            _error(str(error))
+            return EXIT_UNAVAILABLE
+        runs = [(case, dtype) for dtype in dtypes]
+
+    _print_header(status, device)
+    # Model types without a module-level eager function in this transformers are reported by the status lines.
+    used = sorted({model_type for case, _ in runs for model_type in case.model_types})
+    model_types = reproduction.replaceable_model_types(used)
+    not_active = _not_active_reason(status, model_types)
+    if not_active is None:
+        print(f"By default, eager attention of {', '.join(model_types)} runs the overlay.")
+    else:
+        print(f"By default, eager attention of {', '.join(model_types)} runs STOCK transformers code: {not_active}.")
+    print(
+        "\nP-001: stock eager vs overlay eager vs sdpa, each against a float32 reference of the same rounded weights"
+    )
+    if model is None:
+        print("(tiny models with Qwen2-7B's 28/4 x 128 heads, q/k bias on the lowest-frequency rotary dims)")
+
+    name_width = max(len("model"), *(len(case.name) for case, _ in runs))
+    print(_format_row(("model", *TABLE_COLUMNS), name_width))
+    print(_format_row(("-" * name_width, *("-" * width for width in COLUMN_WIDTHS)), name_width))
+    failures, stock_nan = [], []
+    for case, dtype in runs:
+        dtype_name = str(dtype).removeprefix("torch.")
+        try:
+            measurements = reproduction.compare_attention(case, dtype)
+        except OSError as error:  # the checkpoint's weights cannot be loaded
+            _error(f"{case.name}: {reproduction.first_line(error)}")
+            return EXIT_UNAVAILABLE
+        except RuntimeError as error:  # e.g. out of memory, or a dtype the device does not support
+            _error(f"{case.name} in {dtype_name}: {reproduction.first_line(error)}")
+            return EXIT_NOT_CLEARED
+        clears = reproduction.overlay_clears(measurements)
+        if not clears:
+            failures.append(f"{case.name} {dtype_name}")
+        if measurements["eager stock"].non_finite:
+            stock_nan.append(dtype_name)
+        group = (case.name, dtype_name, "-" if case.bias is None else f"{case.bias:g}")
+        for variant, measurement in measurements.items():
+            verdict = ("clears" if clears else "FAILS") if variant == "eager overlay" else ""
+            print(_format_row((*group, variant, *_measurement_cells(measurement), verdict), name_width), flush=True)
+            group = ("", "", "")  # the model, dtype and bias are printed once per group
+    print()
+    return _verdict(failures, list(dict.fromkeys(stock_nan)), not_active)
+
+
+def _verdict(failures: list[str], stock_nan: list[str], not_active: str | None) -> int:
+    """Prints the one-line verdict and returns the exit code."""
+    stock = f"stock eager gives NaN in {', '.join(stock_nan)}" if stock_nan else "stock eager gives no NaN here"
+    if failures:
+        print(f"FAIL: the overlay does not clear P-001 in {', '.join(failures)} ({stock}).")
+        return EXIT_NOT_CLEARED
+    from .reproduction import KL_FACTOR
+
+    criterion = f"finite logits, KL within {KL_FACTOR:g}x of sdpa's"
+    if not_active is not None:
+        print(
+            f"NOT ACTIVE: the overlay clears P-001 ({criterion}; {stock}), but eager attention here is stock by default."
+        )
+        return EXIT_NOT_ACTIVE
+    print(f"PASS: the overlay clears P-001 ({criterion}; {stock}) and is active by default.")
+    return EXIT_CLEARED

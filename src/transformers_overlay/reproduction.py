@@ -1,0 +1,400 @@
+"""Reproduction of P-001 (NaN / imprecise eager attention in half precision) on tiny models, and the comparison metrics.
+
+The tiny models have Qwen2-7B's attention layout (28 query / 4 key-value heads of dim 128) on a small hidden size, and
+large q/k biases on the lowest-frequency rotary dims of every head: RoPE barely rotates those dims, so the biases add
+straight into q·kᵀ. Eight biased dims of 120 give scores of about 8 * 120² = 115200 > 65504, the float16 limit, which is
+how Qwen2-7B's own biases break stock eager attention in float16. Every candidate is compared with a float32 reference
+that runs the same dtype-rounded weights, so the only difference measured is the arithmetic of the forward pass.
+"""
+
+import contextlib
+import copy
+import importlib
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image
+
+from . import patching
+from ._activation import PATCHED_MODULES
+from .integrations.stable_eager_attention import eager_attention_forward as stable_eager_attention_forward
+
+
+# Qwen2-7B's attention layout.
+NUM_ATTENTION_HEADS = 28
+NUM_KEY_VALUE_HEADS = 4
+HEAD_DIM = 128
+ROPE_THETA = 1_000_000.0
+# Dims at the end of each rotary half that get the bias: the 4 lowest RoPE frequencies.
+BIASED_DIMS_PER_HALF = 4
+# 120 overflows float16 scores (8 * 120² > 65504); 30 shows the precision bfloat16 scores lose (at 120, q and k
+# themselves lose so much in bfloat16 that every attention kernel is equally far from float32).
+BIAS_BY_DTYPE = {torch.float16: 120.0, torch.bfloat16: 30.0}
+# The float32 reference of a tiny random model is close to uniform; a larger output projection makes its top-1 token a
+# real choice, so that top-1 agreement measures something.
+LM_HEAD_STD = 0.2
+
+ATTENTION_VARIANTS = ("eager stock", "eager overlay", "sdpa")
+# The overlay clears P-001 when its logits are finite and KL(fp32 || overlay) <= KL_FACTOR * KL(fp32 || sdpa) + KL_FLOOR.
+KL_FACTOR = 2.0
+KL_FLOOR = 1e-6
+
+IMAGE_TOKEN = "<image>"
+VIDEO_TOKEN = "<video>"
+PROMPT_QUESTION = "Describe this image."
+PROMPT_TEXT = "The quick brown fox jumps over the lazy dog; in half precision, q times k can overflow."
+
+
+@dataclass
+class Measurement:
+    """Agreement of one forward pass with the float32 reference: NaN/inf, mean KL(fp32 || x), top-1 agreement, max |Δ|."""
+
+    non_finite: bool
+    kl: float
+    top1: float
+    max_abs: float
+
+
+@dataclass
+class Case:
+    """A model and its inputs: `load(dtype)` returns the model in `dtype`, in eval mode, on the device to check."""
+
+    name: str
+    load: Callable[[torch.dtype], torch.nn.Module]
+    inputs: dict
+    model_types: tuple[str, ...]  # the keys of `PATCHED_MODULES` whose eager attention the model runs
+    bias: float | None = None
+
+
+def compare_logits(reference: torch.Tensor, logits: torch.Tensor) -> Measurement:
+    """Compares `logits` with the float32 `reference` over every position (both `[..., vocab]`)."""
+    reference = reference.float()
+    logits = logits.float()
+    non_finite = not torch.isfinite(logits).all().item()
+    log_p = torch.log_softmax(reference, dim=-1)
+    kl = (log_p.exp() * (log_p - torch.log_softmax(logits, dim=-1))).sum(-1).mean().item()
+    top1 = (reference.argmax(-1) == logits.argmax(-1)).float().mean().item()
+    max_abs = (reference - logits).abs().max().item()
+    return Measurement(non_finite=non_finite, kl=kl, top1=top1, max_abs=max_abs)
+
+
+def overlay_clears(measurements: dict[str, Measurement]) -> bool:
+    """True when the overlay's logits are finite and at least nearly as close to float32 as sdpa's."""
+    overlay, sdpa = measurements["eager overlay"], measurements["sdpa"]
+    if overlay.non_finite or math.isnan(overlay.kl):
+        return False
+    if sdpa.non_finite or math.isnan(sdpa.kl):
+        return True
+    return overlay.kl <= KL_FACTOR * sdpa.kl + KL_FLOOR
+
+
+def stock_eager_attention(model_type: str):
+    """Transformers' own eager attention function for `model_type`, whether or not the overlay replaced it."""
+    module = importlib.import_module(PATCHED_MODULES[model_type])
+    return patching._originals.get(model_type, getattr(module, patching.PATCHED_ATTRIBUTE))
+
+
+def replaceable_model_types(model_types) -> tuple[str, ...]:
+    """The model types in `model_types` whose transformers module has a module-level eager function to replace."""
+    return tuple(
+        model_type
+        for model_type in model_types
+        if hasattr(importlib.import_module(PATCHED_MODULES[model_type]), patching.PATCHED_ATTRIBUTE)
+    )
+
+
+@contextlib.contextmanager
+def eager_attention(functions: dict):
+    """Runs the block with `functions[model_type]` as the eager attention of each model type, then restores the objects."""
+    modules = {model_type: importlib.import_module(PATCHED_MODULES[model_type]) for model_type in functions}
+    previous = {model_type: getattr(module, patching.PATCHED_ATTRIBUTE) for model_type, module in modules.items()}
+    try:
+        for model_type, function in functions.items():
+            setattr(modules[model_type], patching.PATCHED_ATTRIBUTE, function)
+        yield
+    finally:
+        for model_type, function in previous.items():
+            setattr(modules[model_type], patching.PATCHED_ATTRIBUTE, function)
+
+
+def set_attention_implementation(model: torch.nn.Module, implementation: str) -> None:
+    """Switches `model` and its sub-models to `implementation` ("eager" or "sdpa")."""
+    if hasattr(model, "set_attn_implementation"):
+        model.set_attn_implementation(implementation)
+        return
+    # transformers < 4.54: every attention layer reads `config._attn_implementation` at run time.
+    for module in model.modules():
+        config = getattr(module, "config", None)
+        if config is not None:
+            config._attn_implementation = implementation
+
+
+def _logits(model: torch.nn.Module, inputs: dict, dtype: torch.dtype) -> torch.Tensor:
+    device = next(model.parameters()).device
+    inputs = {
+        name: value.to(device=device, dtype=dtype if value.is_floating_point() else value.dtype)
+        for name, value in inputs.items()
+    }
+    with torch.no_grad():
+        return model(**inputs).logits.float().cpu()
+
+
+def compare_attention(case: Case, dtype: torch.dtype) -> dict[str, Measurement]:
+    """
+    Runs `case` in `dtype` with stock eager, overlay eager and sdpa attention, then upcasts the same model to float32
+    (its weights are now the `dtype`-rounded ones) and compares every run with that float32 stock-eager reference.
+    """
+    model_types = replaceable_model_types(case.model_types)
+    stock = {model_type: stock_eager_attention(model_type) for model_type in model_types}
+    overlay = dict.fromkeys(model_types, stable_eager_attention_forward)
+    model = case.load(dtype)
+    logits = {}
+    for variant, implementation, functions in (
+        ("eager stock", "eager", stock),
+        ("eager overlay", "eager", overlay),
+        ("sdpa", "sdpa", stock),  # stock functions in place for any layer that falls back to eager
+    ):
+        set_attention_implementation(model, implementation)
+        with eager_attention(functions):
+            logits[variant] = _logits(model, case.inputs, dtype)
+    model.to(torch.float32)
+    set_attention_implementation(model, "eager")
+    with eager_attention(stock):
+        reference = _logits(model, case.inputs, torch.float32)
+    del model
+    return {variant: compare_logits(reference, logits[variant]) for variant in ATTENTION_VARIANTS}
+
+
+# Built-in tiny models
+
+
+def add_overflow_biases_(model: torch.nn.Module, bias: float) -> None:
+    """Sets the q/k biases of every Qwen2 attention layer to `bias` on the lowest-frequency rotary dims of each head."""
+    from transformers.models.qwen2.modeling_qwen2 import Qwen2Attention
+
+    for module in model.modules():
+        if not isinstance(module, Qwen2Attention):
+            continue
+        half = module.head_dim // 2
+        for projection in (module.q_proj, module.k_proj):
+            per_head = projection.bias.data.view(-1, module.head_dim)
+            per_head[:, half - BIASED_DIMS_PER_HALF : half] = bias
+            per_head[:, -BIASED_DIMS_PER_HALF:] = bias
+
+
+def tiny_qwen2_config(vocab_size: int):
+    """A 2-layer Qwen2 text config with Qwen2-7B's attention layout (28 query / 4 kv heads of dim 128)."""
+    from transformers import Qwen2Config
+
+    return Qwen2Config(
+        vocab_size=vocab_size,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=NUM_ATTENTION_HEADS,
+        num_key_value_heads=NUM_KEY_VALUE_HEADS,
+        head_dim=HEAD_DIM,
+        rope_theta=ROPE_THETA,
+        max_position_embeddings=512,
+        tie_word_embeddings=False,
+    )
+
+
+def tiny_tokenizer():
+    """A byte-level tokenizer (256 byte tokens, no merges) with Qwen2's chat and image special tokens."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {symbol: index for index, symbol in enumerate(pre_tokenizers.ByteLevel.alphabet())}
+    backend = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        pad_token="<|endoftext|>",
+        eos_token="<|im_end|>",
+        additional_special_tokens=["<|im_start|>", IMAGE_TOKEN, VIDEO_TOKEN],
+    )
+
+
+def tiny_image_processor():
+    """LLaVA-OneVision's PIL image processor at 32x32 pixels with a small any-resolution grid."""
+    import transformers
+
+    # transformers 5 names the PIL implementation `...Pil`; before, the default class was the PIL one.
+    processor_class = getattr(transformers, "LlavaOnevisionImageProcessorPil", None)
+    if processor_class is None:
+        processor_class = transformers.LlavaOnevisionImageProcessor
+    return processor_class(
+        size={"height": 32, "width": 32}, image_grid_pinpoints=[[32, 32], [32, 64], [64, 32], [64, 64]]
+    )
+
+
+def tiny_llava_onevision_config(tokenizer):
+    """LLaVA-OneVision with the tiny Qwen2 text model and a 2-layer SigLIP tower on 32x32 images in 8x8 patches."""
+    from transformers import LlavaOnevisionConfig
+
+    image_processor = tiny_image_processor()
+    return LlavaOnevisionConfig(
+        text_config=tiny_qwen2_config(vocab_size=len(tokenizer) + 8).to_dict(),
+        vision_config={
+            "model_type": "siglip_vision_model",
+            "image_size": 32,
+            "patch_size": 8,
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+        },
+        image_token_index=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
+        video_token_index=tokenizer.convert_tokens_to_ids(VIDEO_TOKEN),
+        image_grid_pinpoints=image_processor.image_grid_pinpoints,
+        vision_feature_select_strategy="full",
+        vision_feature_layer=-1,
+    )
+
+
+def _tiny_model(model_class, config, bias: float, seed: int):
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = model_class(config)
+        model.get_output_embeddings().weight.data.normal_(0.0, LM_HEAD_STD)
+    add_overflow_biases_(model, bias)
+    return model.eval()
+
+
+def _deepcopy_loader(model: torch.nn.Module, device: str) -> Callable[[torch.dtype], torch.nn.Module]:
+    return lambda dtype: copy.deepcopy(model).to(device=device, dtype=dtype)
+
+
+def synthetic_image(height: int = 40, width: int = 48) -> Image.Image:
+    """A deterministic RGB gradient image."""
+    rows, columns = np.indices((height, width))
+    channels = [(rows + columns) * 3 % 256, (rows * 5) % 256, (255 - columns * 4) % 256]
+    return Image.fromarray(np.stack(channels, axis=-1).astype(np.uint8))
+
+
+def text_inputs(tokenizer, text: str = PROMPT_TEXT) -> dict:
+    """`text` tokenized as one unpadded sequence."""
+    encoding = tokenizer(text, return_tensors="pt")
+    return {"input_ids": encoding["input_ids"], "attention_mask": encoding["attention_mask"]}
+
+
+def image_token_count(config, image_processor, image_inputs) -> int:
+    """
+    Number of image placeholder tokens the model fills for the single image in `image_inputs`, with upstream's own
+    `LlavaOnevisionProcessor._get_number_of_features`. The processor itself is not constructed: in transformers 5 it
+    requires the torchvision video processor, which the PIL image path does not need.
+    """
+    from transformers import LlavaOnevisionProcessor
+
+    counter = LlavaOnevisionProcessor.__new__(LlavaOnevisionProcessor)
+    counter.image_processor = image_processor
+    counter.num_image_tokens = (config.vision_config.image_size // config.vision_config.patch_size) ** 2
+    counter.vision_aspect_ratio = getattr(config, "vision_aspect_ratio", "anyres_max_9")
+    height, width = (int(size) for size in image_inputs["image_sizes"][0])
+    count = counter._get_number_of_features(height, width, *image_inputs["pixel_values"].shape[-2:])
+    return count - 1 if config.vision_feature_select_strategy == "default" else count
+
+
+def image_text_inputs(config, tokenizer, image_processor, image=None, question: str = PROMPT_QUESTION) -> dict:
+    """One image and a Qwen2 chat prompt, with the image token repeated as often as the model expects features."""
+    image = synthetic_image() if image is None else image
+    image_inputs = dict(image_processor(images=image, return_tensors="pt"))
+    image_token = tokenizer.convert_ids_to_tokens(config.image_token_index)
+    image_tokens = image_token * image_token_count(config, image_processor, image_inputs)
+    prompt = f"<|im_start|>user\n{image_tokens}\n{question}<|im_end|>\n<|im_start|>assistant\n"
+    return {**text_inputs(tokenizer, prompt), **image_inputs}
+
+
+def tiny_qwen2(tokenizer, bias: float, seed: int = 0):
+    """The tiny Qwen2ForCausalLM with overflow biases `bias`, in float32."""
+    from transformers import Qwen2ForCausalLM
+
+    return _tiny_model(Qwen2ForCausalLM, tiny_qwen2_config(vocab_size=len(tokenizer) + 8), bias, seed)
+
+
+def tiny_llava_onevision(tokenizer, bias: float, seed: int = 0):
+    """The tiny LlavaOnevisionForConditionalGeneration with overflow biases `bias` in its Qwen2, in float32."""
+    from transformers import LlavaOnevisionForConditionalGeneration
+
+    return _tiny_model(LlavaOnevisionForConditionalGeneration, tiny_llava_onevision_config(tokenizer), bias, seed)
+
+
+def builtin_runs(dtypes=(torch.float16, torch.bfloat16), device: str = "cpu") -> list[tuple[Case, torch.dtype]]:
+    """The tiny Qwen2 (text) and LLaVA-OneVision (image + text) cases, each in every dtype with that dtype's bias."""
+    tokenizer = tiny_tokenizer()
+    qwen2_inputs = text_inputs(tokenizer)
+    llava_config = tiny_llava_onevision_config(tokenizer)
+    llava_inputs = image_text_inputs(llava_config, tokenizer, tiny_image_processor())
+    runs = []
+    for dtype in dtypes:
+        bias = BIAS_BY_DTYPE[dtype]
+        qwen2 = _deepcopy_loader(tiny_qwen2(tokenizer, bias), device)
+        llava = _deepcopy_loader(tiny_llava_onevision(tokenizer, bias), device)
+        runs.append((Case("tiny Qwen2", qwen2, qwen2_inputs, ("qwen2",), bias), dtype))
+        runs.append((Case("tiny LLaVA-OneVision", llava, llava_inputs, ("qwen2", "siglip"), bias), dtype))
+    return runs
+
+
+# Locally available checkpoints
+
+# model_type -> the patched model types its eager attention goes through
+CHECKPOINT_MODEL_TYPES = {"qwen2": ("qwen2",), "llava_onevision": ("qwen2", "siglip")}
+
+
+class CheckpointNotAvailable(Exception):
+    """The checkpoint asked for is not on this machine, or is not a model type the overlay covers."""
+
+
+def checkpoint_case(name_or_path: str, device: str = "cpu") -> Case:
+    """
+    A case for a checkpoint available on this machine (`local_files_only=True`): a Qwen2 causal LM gets `PROMPT_TEXT`,
+    a LLaVA-OneVision model a synthetic image and a question. Raises `CheckpointNotAvailable` with a one-line reason.
+    """
+    from packaging.version import Version
+
+    import transformers
+    from transformers import AutoConfig, AutoImageProcessor, AutoTokenizer
+
+    try:
+        config = AutoConfig.from_pretrained(name_or_path, local_files_only=True)
+    except (OSError, ValueError) as error:
+        raise CheckpointNotAvailable(f"{name_or_path!r} is not available locally: {first_line(error)}") from None
+    if config.model_type not in CHECKPOINT_MODEL_TYPES:
+        supported = ", ".join(CHECKPOINT_MODEL_TYPES)
+        raise CheckpointNotAvailable(
+            f"{name_or_path!r} is a {config.model_type!r} model; the overlay covers model types {supported}"
+        )
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name_or_path, local_files_only=True)
+        if config.model_type == "llava_onevision":
+            image_processor = AutoImageProcessor.from_pretrained(name_or_path, local_files_only=True)
+            inputs = image_text_inputs(config, tokenizer, image_processor)
+            model_class = transformers.LlavaOnevisionForConditionalGeneration
+        else:
+            inputs = text_inputs(tokenizer)
+            model_class = transformers.AutoModelForCausalLM
+    except (OSError, ValueError) as error:
+        raise CheckpointNotAvailable(f"{name_or_path!r} cannot be prepared: {first_line(error)}") from None
+
+    # transformers 4.56 renamed `torch_dtype` to `dtype`.
+    dtype_argument = "dtype" if Version(transformers.__version__) >= Version("4.56") else "torch_dtype"
+
+    def load(dtype):
+        model = model_class.from_pretrained(
+            name_or_path, local_files_only=True, attn_implementation="eager", **{dtype_argument: dtype}
+        )
+        return model.to(device).eval()
+
+    return Case(name_or_path, load, inputs, CHECKPOINT_MODEL_TYPES[config.model_type])
+
+
+def first_line(error: Exception) -> str:
+    """The first line of an error's message, for one-line reports."""
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else type(error).__name__

@@ -1,0 +1,354 @@
+# Copyright 2025 The HuggingFace Team. All rights reserved.
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+"""
+How the overlay becomes active: the `.pth` import hook in fresh interpreters (with a real, a broken, a mismatched and
+an absent transformers), the opt-out, and the explicit `apply()` / `revert()` / `disabled()` / `status()` API.
+
+The fresh-interpreter tests need the package installed (`pip install -e .` or `pip install .`), which is what puts
+`transformers_overlay.pth` into site-packages.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import textwrap
+import types
+import unittest
+import warnings
+from importlib import metadata
+from pathlib import Path
+from unittest import mock
+
+from parameterized import parameterized
+
+from transformers.testing_utils import require_torch
+from transformers_overlay import _activation, patching
+from transformers_overlay._activation import OPT_OUT_ENV, PATCHED_MODULES
+
+
+STABLE_MODULE = "transformers_overlay.integrations.stable_eager_attention"
+PTH_FILE = Path(__file__).parents[2] / "src" / "transformers_overlay.pth"
+OVERLAY_WARNING = "Warning: transformers-overlay"
+
+# Prints, as JSON, what a fresh interpreter holds right after start and after importing the two patched modules.
+PROBE = """
+import json, sys
+started = {name: name in sys.modules for name in ("torch", "transformers", "transformers_overlay.patching")}
+hook = [type(finder).__name__ for finder in sys.meta_path if type(finder).__name__ == "PatchOnImportFinder"]
+imported = {}
+for model_type, module_name in json.loads(sys.argv[1]).items():
+    try:
+        module = __import__(module_name, fromlist=["eager_attention_forward"])
+        imported[model_type] = module.eager_attention_forward.__module__
+    except Exception as error:
+        imported[model_type] = f"{type(error).__name__}: {error}"
+import transformers_overlay
+print(json.dumps({"started": started, "hook": hook, "imported": imported, "status": transformers_overlay.status()}))
+"""
+
+
+def run_python(code, env=None, pythonpath=None, args=()):
+    """Runs `code` in a fresh interpreter (site-packages `.pth` files processed), without the opt-out unless given."""
+    environment = {name: value for name, value in os.environ.items() if name != OPT_OUT_ENV}
+    environment.update(env or {})
+    if pythonpath is not None:
+        environment["PYTHONPATH"] = os.pathsep.join(filter(None, [str(pythonpath), environment.get("PYTHONPATH")]))
+    command = [sys.executable, "-c", code, *args]
+    return subprocess.run(command, env=environment, capture_output=True, text=True, timeout=300)
+
+
+def probe(env=None, pythonpath=None, modules=PATCHED_MODULES):
+    result = run_python(PROBE, env=env, pythonpath=pythonpath, args=[json.dumps(dict(modules))])
+    if result.returncode != 0:
+        raise AssertionError(f"the probe failed:\n{result.stderr}")
+    return json.loads(result.stdout.splitlines()[-1]), result.stderr
+
+
+def count_overlay_warnings(stderr: str) -> int:
+    return sum(OVERLAY_WARNING in line for line in stderr.splitlines())
+
+
+def write_fake_transformers(root: Path, version: str, modeling_sources: dict) -> None:
+    """A `transformers` package with only `models/<type>/modeling_<type>.py` files, shadowing the real one."""
+    package = root / "transformers"
+    (package / "models").mkdir(parents=True)
+    (package / "__init__.py").write_text(f"__version__ = {version!r}\n")
+    (package / "models" / "__init__.py").write_text("")
+    for model_type, source in modeling_sources.items():
+        (package / "models" / model_type).mkdir()
+        (package / "models" / model_type / "__init__.py").write_text("")
+        (package / "models" / model_type / f"modeling_{model_type}.py").write_text(textwrap.dedent(source))
+
+
+UPSTREAM_SIGNATURE = """
+def eager_attention_forward(module, query, key, value, attention_mask, scaling, dropout=0.0, **kwargs):
+    return "stock"
+"""
+OTHER_SIGNATURE = """
+def eager_attention_forward(module, query, key, value, attention_mask, scaling, dropout=0.0, sliding_window=None, **kwargs):
+    return "stock"
+"""
+RAISING_MODULE = """
+raise RuntimeError("this modeling module is broken")
+"""
+
+
+class ImportHookTest(unittest.TestCase):
+    """A fresh interpreter after `pip install`: active without any import of the package, lazily, never raising."""
+
+    def test_pth_file_is_installed_and_recorded(self):
+        # RECORD lists every installed file, so `pip uninstall` removes the hook with the package.
+        distribution = metadata.distribution("transformers-overlay")
+        recorded = [path for path in distribution.files if path.name == "transformers_overlay.pth"]
+        self.assertEqual(len(recorded), 1, "transformers_overlay.pth is not in the installed distribution's RECORD")
+        installed = Path(distribution.locate_file(recorded[0]))
+        self.assertEqual(installed.read_text(), PTH_FILE.read_text())
+
+    @require_torch
+    def test_fresh_interpreter_runs_the_stable_function(self):
+        report, stderr = probe()
+
+        self.assertEqual(report["hook"], ["PatchOnImportFinder"])
+        self.assertEqual(report["imported"], {"qwen2": STABLE_MODULE, "siglip": STABLE_MODULE})
+        self.assertEqual({entry["state"] for entry in report["status"]["models"].values()}, {"patched"})
+        self.assertEqual(count_overlay_warnings(stderr), 0)
+
+    def test_interpreter_start_imports_neither_torch_nor_transformers(self):
+        report, _ = probe(modules={})
+
+        self.assertEqual(report["hook"], ["PatchOnImportFinder"])
+        self.assertEqual(
+            report["started"], {"torch": False, "transformers": False, "transformers_overlay.patching": False}
+        )
+
+    @require_torch
+    def test_opt_out_leaves_stock_functions(self):
+        report, stderr = probe(env={OPT_OUT_ENV: "1"})
+
+        self.assertEqual(report["hook"], [])
+        self.assertEqual(report["imported"], {"qwen2": PATCHED_MODULES["qwen2"], "siglip": PATCHED_MODULES["siglip"]})
+        self.assertTrue(report["status"]["opt_out"])
+        self.assertFalse(report["status"]["import_hook"])
+        self.assertEqual({entry["state"] for entry in report["status"]["models"].values()}, {"stock"})
+        self.assertEqual(count_overlay_warnings(stderr), 0)
+
+    @parameterized.expand([("1", True), ("true", True), ("YES", True), ("0", False), ("false", False), ("", False)])
+    def test_opt_out_values(self, value, expected):
+        with mock.patch.dict(os.environ, {OPT_OUT_ENV: value}):
+            self.assertIs(_activation.opt_out_is_set(), expected)
+
+    def test_absent_transformers_does_not_break_start(self):
+        # A `transformers` that cannot be imported, as when it is not installed.
+        with tempfile.TemporaryDirectory() as root:
+            package = Path(root) / "transformers"
+            package.mkdir()
+            (package / "__init__.py").write_text("raise ModuleNotFoundError(\"No module named 'transformers'\")\n")
+            result = run_python(
+                "import transformers_overlay._activation\n"
+                "try:\n    import transformers.models.qwen2.modeling_qwen2\n"
+                "except ModuleNotFoundError as error:\n    print('missing:', error)\n",
+                pythonpath=root,
+            )
+
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertIn("missing: No module named 'transformers'", result.stdout)
+        self.assertEqual(count_overlay_warnings(result.stderr), 0)
+
+    def test_broken_modeling_module_raises_its_own_error(self):
+        with tempfile.TemporaryDirectory() as root:
+            write_fake_transformers(Path(root), "5.23.0", {"qwen2": RAISING_MODULE})
+            started = run_python("print('started')", pythonpath=root)
+            imported = run_python("import transformers.models.qwen2.modeling_qwen2", pythonpath=root)
+
+        self.assertEqual((started.returncode, started.stdout, started.stderr), (0, "started\n", ""))
+        self.assertNotEqual(imported.returncode, 0)
+        self.assertIn("RuntimeError: this modeling module is broken", imported.stderr)
+        self.assertEqual(count_overlay_warnings(imported.stderr), 0)
+
+    def test_broken_overlay_package_does_not_break_start(self):
+        # The `.pth` line swallows any error of the package it activates.
+        with tempfile.TemporaryDirectory() as root:
+            (Path(root) / "transformers_overlay").mkdir()
+            (Path(root) / "transformers_overlay" / "__init__.py").write_text("raise RuntimeError('broken overlay')\n")
+            result = run_python("print('started')", pythonpath=root)
+
+        self.assertEqual((result.returncode, result.stdout, result.stderr), (0, "started\n", ""))
+
+    def test_signature_mismatch_is_left_alone_with_one_warning(self):
+        with tempfile.TemporaryDirectory() as root:
+            write_fake_transformers(Path(root), "5.23.0", {"qwen2": OTHER_SIGNATURE, "siglip": UPSTREAM_SIGNATURE})
+            report, stderr = probe(pythonpath=root)
+
+        self.assertEqual(report["imported"]["qwen2"], PATCHED_MODULES["qwen2"])
+        qwen2_state = report["status"]["models"]["qwen2"]["state"]
+        self.assertTrue(qwen2_state.startswith("stock ("), qwen2_state)
+        self.assertIn("sliding_window", qwen2_state)
+        self.assertIn("expected signature", qwen2_state)
+        self.assertEqual(count_overlay_warnings(stderr), 1, stderr)
+        # The fake SigLIP function does look like upstream's, so the overlay replaces it.
+        self.assertEqual(report["imported"]["siglip"], STABLE_MODULE)
+
+    def test_unsupported_transformers_is_left_alone_with_one_warning(self):
+        with tempfile.TemporaryDirectory() as root:
+            write_fake_transformers(Path(root), "4.30.0", {"qwen2": UPSTREAM_SIGNATURE, "siglip": UPSTREAM_SIGNATURE})
+            report, stderr = probe(pythonpath=root)
+
+        self.assertEqual(report["imported"], {"qwen2": PATCHED_MODULES["qwen2"], "siglip": PATCHED_MODULES["siglip"]})
+        for entry in report["status"]["models"].values():
+            self.assertIn("outside the supported range", entry["state"])
+        self.assertEqual(count_overlay_warnings(stderr), 1, stderr)
+
+    @require_torch
+    def test_disabled_block_leaves_modules_imported_inside_it_patched_afterwards(self):
+        code = (
+            "import sys, transformers_overlay\n"
+            "with transformers_overlay.disabled():\n"
+            "    import transformers.models.qwen2.modeling_qwen2 as module\n"
+            "    inside = module.eager_attention_forward.__module__\n"
+            "print(inside, module.eager_attention_forward.__module__)\n"
+        )
+        result = run_python(code)
+
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertEqual(result.stdout.split(), [PATCHED_MODULES["qwen2"], STABLE_MODULE])
+
+
+@require_torch
+class PatchingApiTest(unittest.TestCase):
+    """`apply()`, `revert()`, `disabled()` and `status()` in this process; each test restores the state it found."""
+
+    def setUp(self):
+        import importlib
+
+        self.modules = {model_type: importlib.import_module(name) for model_type, name in PATCHED_MODULES.items()}
+        self.state = (patching._enabled, dict(patching._originals), dict(patching._skipped))
+        self.functions = self.current_functions()
+        with patching.disabled():
+            self.stock = self.current_functions()
+        from transformers_overlay.integrations.stable_eager_attention import eager_attention_forward
+
+        self.stable = eager_attention_forward
+
+    def tearDown(self):
+        for model_type, function in self.functions.items():
+            setattr(self.modules[model_type], patching.PATCHED_ATTRIBUTE, function)
+        enabled, originals, skipped = self.state
+        patching._enabled = enabled
+        patching._originals.clear()
+        patching._originals.update(originals)
+        patching._skipped.clear()
+        patching._skipped.update(skipped)
+
+    def current_functions(self):
+        return {model_type: module.eager_attention_forward for model_type, module in self.modules.items()}
+
+    def test_apply_then_revert_restores_the_identical_objects(self):
+        patching.revert()
+        stock = self.current_functions()
+
+        status = patching.apply()
+        self.assertEqual(self.current_functions(), dict.fromkeys(PATCHED_MODULES, self.stable))
+        self.assertEqual({entry["state"] for entry in status["models"].values()}, {"patched"})
+
+        status = patching.revert()
+        for model_type, function in self.current_functions().items():
+            self.assertIs(function, stock[model_type])
+            self.assertIs(function, self.stock[model_type])
+        self.assertEqual({entry["state"] for entry in status["models"].values()}, {"stock"})
+        self.assertFalse(status["enabled"])
+
+    def test_apply_twice_keeps_the_original(self):
+        patching.revert()
+        patching.apply()
+        patching.apply()
+        patching.revert()
+        for model_type, function in self.current_functions().items():
+            self.assertIs(function, self.stock[model_type])
+
+    def test_revert_one_model_type(self):
+        patching.apply()
+        status = patching.revert(["qwen2"])
+
+        self.assertIs(self.modules["qwen2"].eager_attention_forward, self.stock["qwen2"])
+        self.assertIs(self.modules["siglip"].eager_attention_forward, self.stable)
+        self.assertEqual(status["models"]["qwen2"]["state"], "stock")
+        self.assertEqual(status["models"]["siglip"]["state"], "patched")
+
+    def test_disabled_restores_the_patched_functions(self):
+        patching.apply()
+        with patching.disabled():
+            self.assertEqual(self.current_functions(), self.stock)
+            self.assertEqual({entry["state"] for entry in patching.status()["models"].values()}, {"stock"})
+        self.assertEqual(self.current_functions(), dict.fromkeys(PATCHED_MODULES, self.stable))
+
+    def test_disabled_restores_after_an_exception(self):
+        patching.apply()
+        with self.assertRaises(KeyError), patching.disabled():
+            raise KeyError("raised inside the block")
+        self.assertEqual(self.current_functions(), dict.fromkeys(PATCHED_MODULES, self.stable))
+
+    def test_disabled_keeps_a_reverted_state(self):
+        patching.revert()
+        with patching.disabled():
+            pass
+        self.assertEqual(self.current_functions(), self.stock)
+
+    def test_status_reports_versions_opt_out_and_hook(self):
+        status = patching.status()
+
+        self.assertEqual(status["opt_out_variable"], OPT_OUT_ENV)
+        self.assertEqual(status["opt_out"], _activation.opt_out_is_set())
+        self.assertEqual(status["import_hook"], _activation.import_hook_installed())
+        self.assertEqual(status["transformers"], metadata.version("transformers"))
+        self.assertEqual(set(status["models"]), set(PATCHED_MODULES))
+
+    def test_signature_mismatch_is_left_alone_with_a_reason(self):
+        def eager_attention_forward(module, query, key, value, attention_mask, scaling, is_causal=True):
+            return None
+
+        fake = types.ModuleType("fake_modeling_qwen2")
+        fake.eager_attention_forward = eager_attention_forward
+        with (
+            mock.patch.dict(sys.modules, {"fake_modeling_qwen2": fake}),
+            mock.patch.dict(PATCHED_MODULES, {"qwen2": "fake_modeling_qwen2"}),
+            mock.patch.dict(patching._originals, clear=True),
+            mock.patch.object(_activation, "_warned", set()),
+            warnings.catch_warnings(record=True) as caught,
+        ):
+            warnings.simplefilter("always")
+            patching._patch("qwen2")
+            patching._patch("qwen2")  # said once, however often it is tried
+            state = patching.status()["models"]["qwen2"]["state"]
+
+        self.assertIs(fake.eager_attention_forward, eager_attention_forward)
+        self.assertTrue(state.startswith("stock (") and "is_causal" in state, state)
+        self.assertEqual(len(caught), 1)
+        self.assertIn("unpatched", str(caught[0].message))
+
+    @parameterized.expand([("apply",), ("revert",)])
+    def test_unknown_model_type_is_rejected_before_any_change(self, function_name):
+        with self.assertRaisesRegex(ValueError, r"unknown model type 'llama': the overlay patches qwen2, siglip"):
+            getattr(patching, function_name)(["qwen2", "llama"])
+        self.assertEqual(self.current_functions(), self.functions)
+        self.assertEqual(patching._enabled, self.state[0])
+
+    def test_single_model_type_as_a_string(self):
+        patching.revert()
+        status = patching.apply("qwen2")
+
+        self.assertIs(self.modules["qwen2"].eager_attention_forward, self.stable)
+        self.assertIs(self.modules["siglip"].eager_attention_forward, self.stock["siglip"])
+        self.assertEqual(status["models"]["siglip"]["state"], "stock")

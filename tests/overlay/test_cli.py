@@ -1,0 +1,186 @@
+# Copyright 2025 The HuggingFace Team. All rights reserved.
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+"""`transformers-overlay check`: the P-001 reproduction, its verdict and exit codes, and `--model` / `--device`."""
+
+import contextlib
+import io
+import os
+import subprocess
+import sys
+import tempfile
+import unittest
+from importlib import metadata
+from unittest import mock
+
+from parameterized import parameterized
+
+from transformers import is_torch_available
+from transformers.testing_utils import require_torch
+from transformers_overlay import cli
+from transformers_overlay._activation import OPT_OUT_ENV
+
+
+if is_torch_available():
+    import torch
+
+    from transformers_overlay import patching, reproduction
+
+
+def run_check(*args):
+    """Runs `transformers-overlay check *args` in this process; returns (exit code, stdout, stderr)."""
+    stdout, stderr = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+        code = cli.main(["check", *args])
+    return code, stdout.getvalue(), stderr.getvalue()
+
+
+def table_rows(output: str, attention: str) -> list[str]:
+    return [line for line in output.splitlines() if f"  {attention}  " in f"{line}  "]
+
+
+class CommandLineTest(unittest.TestCase):
+    def test_console_script_is_declared(self):
+        (entry_point,) = metadata.entry_points(group="console_scripts", name="transformers-overlay")
+        self.assertIs(entry_point.load(), cli.main)
+
+    def test_module_entry_point(self):
+        result = subprocess.run(
+            [sys.executable, "-m", "transformers_overlay", "--version"], capture_output=True, text=True, timeout=120
+        )
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertEqual(result.stdout.split(), ["transformers-overlay", metadata.version("transformers-overlay")])
+
+    def test_unknown_dtype_is_a_usage_error(self):
+        with self.assertRaises(SystemExit) as raised, contextlib.redirect_stderr(io.StringIO()):
+            cli.main(["check", "--dtype", "float8"])
+        self.assertEqual(raised.exception.code, cli.EXIT_UNAVAILABLE)
+
+
+@require_torch
+class CheckBuiltinModelsTest(unittest.TestCase):
+    def test_check_clears_p001_in_a_fresh_interpreter(self):
+        # What a user runs after `pip install`: the import hook patches, the check says so and exits 0.
+        environment = {name: value for name, value in os.environ.items() if name != OPT_OUT_ENV}
+        result = subprocess.run(
+            [sys.executable, "-m", "transformers_overlay", "check"],
+            env=environment,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        output = result.stdout
+
+        self.assertEqual(result.returncode, cli.EXIT_CLEARED, output + result.stderr)
+        self.assertIn(f"transformers {metadata.version('transformers')}", output)
+        self.assertIn(f"torch {torch.__version__}", output)
+        self.assertIn("qwen2   transformers.models.qwen2.modeling_qwen2: patched", output)
+        self.assertIn("By default, eager attention of qwen2, siglip runs the overlay.", output)
+        # One row per model, dtype and attention; stock eager reproduces P-001 in float16, the overlay clears all.
+        stock_rows = table_rows(output, "eager stock")
+        self.assertEqual(len(stock_rows), 4)
+        self.assertEqual(sum(" float16 " in row and "  yes  " in row for row in stock_rows), 2)
+        overlay_rows = table_rows(output, "eager overlay")
+        self.assertEqual(len(overlay_rows), 4)
+        self.assertTrue(all(row.endswith("clears") and "  no  " in row for row in overlay_rows), overlay_rows)
+        self.assertTrue(output.rstrip().splitlines()[-1].startswith("PASS: the overlay clears P-001"))
+
+    def test_check_with_overlay_off_by_default_exits_3(self):
+        # The opt-out: the comparison still runs the overlay's function, and the verdict says what users get.
+        with mock.patch.dict(os.environ, {OPT_OUT_ENV: "1"}), patching.disabled():
+            code, output, _ = run_check("--dtype", "float16")
+
+        self.assertEqual(code, cli.EXIT_NOT_ACTIVE, output)
+        self.assertIn(f"runs STOCK transformers code: the opt-out {OPT_OUT_ENV}=1 is set", output)
+        self.assertTrue(all(row.endswith("clears") for row in table_rows(output, "eager overlay")))
+        self.assertTrue(output.rstrip().splitlines()[-1].startswith("NOT ACTIVE: the overlay clears P-001"))
+
+    def test_check_fails_when_the_overlay_does_not_clear(self):
+        # With transformers' own functions standing in for the overlay, P-001 is not cleared and the check says so.
+        stock = {model_type: reproduction.stock_eager_attention(model_type) for model_type in ("qwen2", "siglip")}
+
+        def stock_eager_attention(module, *args, **kwargs):
+            model_type = "qwen2" if hasattr(module, "num_key_value_groups") else "siglip"
+            return stock[model_type](module, *args, **kwargs)
+
+        with mock.patch.object(reproduction, "stable_eager_attention_forward", stock_eager_attention):
+            code, output, _ = run_check("--dtype", "float16")
+
+        self.assertEqual(code, cli.EXIT_NOT_CLEARED, output)
+        self.assertTrue(all(row.endswith("FAILS") for row in table_rows(output, "eager overlay")))
+        self.assertTrue(output.rstrip().splitlines()[-1].startswith("FAIL: the overlay does not clear P-001"))
+
+    @unittest.skipIf(is_torch_available() and torch.cuda.is_available(), "CUDA is available here")
+    def test_cuda_device_without_cuda(self):
+        code, output, error = run_check("--device", "cuda")
+
+        self.assertEqual(code, cli.EXIT_UNAVAILABLE)
+        self.assertEqual(output, "")
+        self.assertEqual(len(error.splitlines()), 1)
+        self.assertIn("CUDA is not available", error)
+
+
+@require_torch
+class CheckLocalCheckpointTest(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.directory = tempfile.TemporaryDirectory()
+        tokenizer = reproduction.tiny_tokenizer()
+        cls.checkpoints = {
+            "qwen2": os.path.join(cls.directory.name, "tiny-qwen2"),
+            "llava_onevision": os.path.join(cls.directory.name, "tiny-llava-onevision"),
+        }
+        with contextlib.redirect_stderr(io.StringIO()):  # the shard-writing progress bars
+            reproduction.tiny_qwen2(tokenizer, bias=120.0).save_pretrained(cls.checkpoints["qwen2"])
+            reproduction.tiny_llava_onevision(tokenizer, bias=120.0).save_pretrained(
+                cls.checkpoints["llava_onevision"]
+            )
+        tokenizer.save_pretrained(cls.checkpoints["qwen2"])
+        tokenizer.save_pretrained(cls.checkpoints["llava_onevision"])
+        reproduction.tiny_image_processor().save_pretrained(cls.checkpoints["llava_onevision"])
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.directory.cleanup()
+
+    @parameterized.expand([("qwen2",), ("llava_onevision",)])
+    def test_local_checkpoint(self, model_type):
+        path = self.checkpoints[model_type]
+        code, output, _ = run_check("--model", path, "--dtype", "float16")
+
+        self.assertEqual(code, cli.EXIT_CLEARED, output)
+        (stock_row,) = table_rows(output, "eager stock")
+        self.assertTrue(stock_row.startswith(f"{path}  float16"), stock_row)
+        self.assertIn("  yes  ", stock_row)  # the checkpoint carries the overflow biases
+        (overlay_row,) = table_rows(output, "eager overlay")
+        self.assertTrue(overlay_row.endswith("clears"), overlay_row)
+
+    def test_missing_checkpoint(self):
+        path = os.path.join(self.directory.name, "not-downloaded")
+        code, output, error = run_check("--model", path)
+
+        self.assertEqual(code, cli.EXIT_UNAVAILABLE)
+        self.assertEqual(output, "")
+        self.assertEqual(len(error.splitlines()), 1, error)
+        self.assertIn(f"{path!r} is not available locally", error)
+
+    def test_model_type_not_covered(self):
+        from transformers import LlamaConfig
+
+        path = os.path.join(self.directory.name, "tiny-llama")
+        LlamaConfig(hidden_size=16, num_attention_heads=2, num_hidden_layers=1).save_pretrained(path)
+        code, output, error = run_check("--model", path)
+
+        self.assertEqual(code, cli.EXIT_UNAVAILABLE)
+        self.assertEqual(output, "")
+        self.assertIn("is a 'llama' model; the overlay covers model types qwen2, llava_onevision", error)

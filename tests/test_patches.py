@@ -1,0 +1,320 @@
+# Copyright 2026 The transformers-overlay authors. All rights reserved.
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+"""
+The patch series in `patches/`: it is what `scripts/make_patches.py` generates from the overlay's source (so the
+attention function in the patches is the overlay's), and `scripts/apply_patches.sh` applies, checks and reverts it on
+a transformers 5.23.0 tree all or nothing, refusing trees it does not fit without touching them.
+
+The pristine tree is the sdist cached by `make_patches.pristine_tree()` (downloaded with pip on first use).
+"""
+
+import ast
+import functools
+import hashlib
+import importlib.util
+import json
+import os
+import subprocess
+import tempfile
+import textwrap
+import unittest
+from pathlib import Path
+
+
+REPO = Path(__file__).resolve().parents[1]
+APPLY = REPO / "scripts" / "apply_patches.sh"
+PATCH_DIR = REPO / "patches"
+
+
+def _load_make_patches():
+    spec = importlib.util.spec_from_file_location("make_patches", REPO / "scripts" / "make_patches.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+make_patches = _load_make_patches()
+
+
+@functools.cache
+def pristine_tree() -> Path:
+    return make_patches.pristine_tree()
+
+
+def series() -> list[str]:
+    lines = (PATCH_DIR / "series").read_text(encoding="utf-8").splitlines()
+    return [line for line in lines if line and not line.startswith("#")]
+
+
+def tree_digest(root: Path) -> str:
+    """Hash of every path, mode and content under `root`, git metadata included (HEAD, index, refs)."""
+    digest = hashlib.sha256()
+    for path in sorted(root.rglob("*")):
+        if path.is_file() and "objects" not in path.relative_to(root).parts[:2]:
+            digest.update(f"{path.relative_to(root)}:{path.stat().st_mode:o}\n".encode())
+            digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def plain_copy(destination: Path) -> Path:
+    """The pristine tree as an unpacked sdist: files only, no git repository."""
+    destination.mkdir()
+    archive = subprocess.run(["git", "-C", str(pristine_tree()), "archive", "HEAD"], check=True, capture_output=True)
+    subprocess.run(["tar", "-x", "-C", str(destination)], input=archive.stdout, check=True)
+    return destination
+
+
+def git_checkout(destination: Path) -> Path:
+    subprocess.run(["git", "clone", "--quiet", str(pristine_tree()), str(destination)], check=True)
+    return destination
+
+
+def apply_patches(tree: Path, *options: str) -> subprocess.CompletedProcess:
+    env = {key: value for key, value in os.environ.items() if not key.startswith("GIT_")}
+    return subprocess.run(["bash", str(APPLY), str(tree), *options], capture_output=True, text=True, env=env)
+
+
+def top_level_functions(path: Path) -> dict[str, str]:
+    text = path.read_text(encoding="utf-8")
+    lines = text.splitlines(keepends=True)
+    return {
+        node.name: "".join(lines[node.lineno - 1 : node.end_lineno])
+        for node in ast.parse(text).body
+        if isinstance(node, ast.FunctionDef)
+    }
+
+
+class PatchSeriesTest(unittest.TestCase):
+    def test_series_lists_every_patch_in_order(self):
+        names = series()
+        self.assertEqual(names, sorted(path.name for path in PATCH_DIR.glob("*.patch")))
+        self.assertEqual([name[:4] for name in names], [f"{i:04d}" for i in range(1, len(names) + 1)])
+        self.assertIn(
+            f"# transformers-version: {make_patches.TRANSFORMERS_VERSION}", (PATCH_DIR / "series").read_text()
+        )
+
+    def test_every_patch_is_a_format_patch_with_a_dep3_header(self):
+        for name in series():
+            with self.subTest(name):
+                text = (PATCH_DIR / name).read_text(encoding="utf-8")
+                self.assertTrue(text.startswith("From 0000000000000000000000000000000000000000 "))
+                self.assertIn(f"From: {make_patches.AUTHOR[0]} <{make_patches.AUTHOR[1]}>\n", text)
+                header = text.split("\n---\n", 1)[0]
+                for field in ("Description", "Origin", "Bug", "Forwarded", "Last-Update"):
+                    self.assertRegex(header, rf"\n{field}: \S")
+                self.assertIn(f"Last-Update: {make_patches.PATCH_DATE}\n", header)
+
+    def test_patches_are_regenerated_byte_for_byte(self):
+        # fails when the overlay function, the tests, the RAG README or the generator changed without regenerating
+        self.assertEqual(make_patches.stale_files(), [], "run python scripts/make_patches.py")
+
+    def test_patches_cover_the_tests_and_the_rag_readme(self):
+        text = "".join((PATCH_DIR / name).read_text(encoding="utf-8") for name in series())
+        for path in [*make_patches.test_files(), make_patches.RAG_README]:
+            self.assertIn(f"\n+++ b/{path}\n", text)
+        self.assertNotIn("__init__.py\n", "".join(line for line in text.splitlines(True) if line.startswith("+++")))
+
+
+class LayoutReplayTest(unittest.TestCase):
+    """The placement recorded from upstream's converter is replayed exactly."""
+
+    PRISTINE = textwrap.dedent(
+        """\
+        import torch
+
+
+        def repeat_kv(x, n):
+            return x
+
+
+        def eager_attention_forward(module, query, key, value):
+            return repeat_kv(key, 2)
+
+
+        # attached comment
+        class Attention:
+            pass
+        """
+    )
+
+    def functions(self):
+        return [
+            make_patches.OverlayFunction("_helper", "def _helper(x):\n    return x\n", (), ()),
+            make_patches.OverlayFunction(
+                "eager_attention_forward",
+                "def eager_attention_forward(module, query):\n    return _helper(query)\n",
+                ("_helper",),
+                (),
+            ),
+        ]
+
+    def test_replay_inverts_the_recorded_layout(self):
+        generated = textwrap.dedent(
+            """\
+            import torch
+
+
+            def _helper(x):
+                return x
+
+
+            def eager_attention_forward(module, query):
+                return _helper(query)
+
+
+            # attached comment
+            class Attention:
+                pass
+
+
+            def repeat_kv(x, n):
+                return x
+            """
+        )
+        entries = make_patches.layout_entries(self.PRISTINE, generated, self.functions())
+        self.assertEqual(
+            entries,
+            [
+                {"name": "_helper", "source": "overlay", "before": "Attention"},
+                {"name": "eager_attention_forward", "source": "overlay", "before": "Attention"},
+                {"name": "repeat_kv", "source": "pristine", "before": None},
+            ],
+        )
+        self.assertEqual(make_patches.replay_layout(self.PRISTINE, entries, self.functions()), generated)
+
+    def test_text_that_is_neither_the_overlay_nor_the_stock_one_is_refused(self):
+        generated = self.PRISTINE.replace("return repeat_kv(key, 2)", "return key")
+        with self.assertRaises(make_patches.PatchError):
+            make_patches.layout_entries(self.PRISTINE, generated, self.functions())
+
+
+class ApplyPatchesTest(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.scratch = tempfile.TemporaryDirectory()
+        cls.root = Path(cls.scratch.name)
+        cls.layout = json.loads((PATCH_DIR / make_patches.LAYOUT_NAME).read_text(encoding="utf-8"))
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.scratch.cleanup()
+
+    def assertRefused(self, tree: Path, reason: str, *options: str):
+        before = tree_digest(tree)
+        result = apply_patches(tree, *options)
+        self.assertEqual(result.returncode, 1, result.stdout + result.stderr)
+        self.assertEqual(result.stdout, "")
+        self.assertEqual(len(result.stderr.splitlines()), 1, result.stderr)
+        self.assertIn(reason, result.stderr)
+        self.assertEqual(tree_digest(tree), before, "a refused tree was modified")
+
+    def assertCarriesOverlayFunctions(self, tree: Path):
+        overlay = {function.name: function.text for function in make_patches.overlay_functions()}
+        self.assertEqual(
+            {k: v for k, v in top_level_functions(tree / make_patches.MODULAR_QWEN2).items() if k in overlay}, overlay
+        )
+        for path, entries in self.layout["generated_files"].items():
+            functions = top_level_functions(tree / path)
+            for entry in entries:
+                if entry["source"] == "overlay":
+                    self.assertEqual(functions[entry["name"]], overlay[entry["name"]], f"{entry['name']} in {path}")
+        eager = top_level_functions(tree / "src/transformers/models/qwen2/modeling_qwen2.py")[
+            "eager_attention_forward"
+        ]
+        self.assertEqual(eager, overlay["eager_attention_forward"])
+
+    def test_refuses_a_directory_that_is_not_a_transformers_tree(self):
+        tree = self.root / "not-transformers"
+        (tree / "src").mkdir(parents=True)
+        (tree / "setup.py").write_text("print('hello')\n")
+        self.assertRefused(tree, "is not a transformers source tree")
+
+    def test_refuses_another_transformers_version(self):
+        tree = self.root / "transformers-5.22.0"
+        (tree / "src" / "transformers").mkdir(parents=True)
+        (tree / "src" / "transformers" / "__init__.py").write_text('__version__ = "5.22.0"\n')
+        (tree / "setup.py").write_text("")
+        self.assertRefused(
+            tree, f"is transformers 5.22.0; this patch series needs transformers {make_patches.TRANSFORMERS_VERSION}"
+        )
+
+    def test_refuses_a_tree_the_patches_do_not_fit(self):
+        tree = plain_copy(self.root / "modified")
+        modeling = tree / "src/transformers/models/qwen2/modeling_qwen2.py"
+        text = modeling.read_text(encoding="utf-8")
+        modeling.write_text(
+            text.replace(
+                "    attn_weights = torch.matmul(query, key_states.transpose(2, 3)) * scaling\n",
+                "    attn_weights = torch.matmul(query * scaling, key_states.transpose(2, 3))\n",
+                1,
+            )
+        )
+        self.assertNotEqual(modeling.read_text(encoding="utf-8"), text)
+        self.assertRefused(tree, "neither apply")
+
+    def test_refuses_a_partly_patched_tree(self):
+        tree = plain_copy(self.root / "partly")
+        subprocess.run(["git", "apply", str(PATCH_DIR / series()[-1])], cwd=tree, check=True)
+        self.assertRefused(tree, "neither apply")
+        self.assertRefused(tree, "neither apply", "--reverse")
+
+    def test_apply_check_reverse_and_apply_again_on_an_unpacked_sdist(self):
+        tree = plain_copy(self.root / "sdist")
+        pristine = tree_digest(tree)
+        check = apply_patches(tree, "--check")
+        self.assertEqual((check.returncode, tree_digest(tree)), (0, pristine))
+        self.assertIn("apply cleanly", check.stdout)
+
+        result = apply_patches(tree)
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertIn(f"applied the {len(series())} patches", result.stdout)
+        self.assertCarriesOverlayFunctions(tree)
+        patched = tree_digest(tree)
+
+        for options, message in ((("--check",), "already applied"), ((), "already applied; nothing to do")):
+            with self.subTest(options=options):
+                again = apply_patches(tree, *options)
+                self.assertEqual(again.returncode, 0, again.stderr)
+                self.assertIn(message, again.stdout)
+                self.assertEqual(tree_digest(tree), patched)
+
+        reverse = apply_patches(tree, "--reverse")
+        self.assertEqual(reverse.returncode, 0, reverse.stderr)
+        self.assertEqual(tree_digest(tree), pristine)
+        self.assertIn("not applied", apply_patches(tree, "--reverse").stdout)
+
+        self.assertEqual(apply_patches(tree).returncode, 0)
+        self.assertEqual(tree_digest(tree), patched)
+
+    def test_commit_on_a_git_checkout(self):
+        tree = git_checkout(self.root / "checkout")
+        head = subprocess.run(["git", "-C", str(tree), "rev-parse", "HEAD"], capture_output=True, text=True).stdout
+        result = apply_patches(tree, "--commit")
+        self.assertEqual(result.returncode, 0, result.stderr)
+        log = subprocess.run(
+            ["git", "-C", str(tree), "log", "--format=%s", f"{head.strip()}..HEAD"], capture_output=True, text=True
+        )
+        self.assertEqual(len(log.stdout.splitlines()), len(series()))
+        status = subprocess.run(["git", "-C", str(tree), "status", "--porcelain"], capture_output=True, text=True)
+        self.assertEqual(status.stdout, "")
+        self.assertIn("already applied", apply_patches(tree, "--check").stdout)
+        self.assertCarriesOverlayFunctions(tree)
+
+    def test_commit_refuses_a_plain_tree(self):
+        tree = plain_copy(self.root / "plain-commit")
+        self.assertRefused(tree, "--commit needs a git checkout", "--commit")
+
+
+if __name__ == "__main__":
+    unittest.main()
