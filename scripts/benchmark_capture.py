@@ -24,7 +24,8 @@ Qwen2-7B's attention geometry (28 query / 4 key-value heads of dim 128).
   `--max-output-attentions-gib`.
 - Speed: `generate` (greedy, `--new-tokens` forced new tokens after a `--prompt-tokens` prompt) on a model with
   Qwen2-7B's layer sizes (hidden 3584, MLP 18944), where the MLP dominates, and again after `--long-prompt-tokens` on
-  the memory model, where attention dominates; median and minimum over `--repeats` interleaved runs. Torch runs on
+  the memory model, where attention dominates; median and minimum over `--repeats` interleaved runs, and the share of
+  the time spent inside the capture computation (timed around it, steadier than total times on a busy CPU). Torch runs on
   `--threads` threads (default 1: on a shared CPU, multi-threaded small ops wait on each other and swamp the timings).
 
     python scripts/benchmark_capture.py --json benchmark_capture.json   # full run
@@ -32,6 +33,7 @@ Qwen2-7B's attention geometry (28 query / 4 key-value heads of dim 128).
 """
 
 import argparse
+import contextlib
 import gc
 import json
 import os
@@ -40,12 +42,13 @@ import statistics
 import subprocess
 import sys
 import time
+from unittest import mock
 
 import torch
 
 import transformers
 from transformers import Qwen2Config, Qwen2ForCausalLM
-from transformers_overlay import capture_attention
+from transformers_overlay import attention_capture, capture_attention
 from transformers_overlay.reproduction import set_attention_implementation
 
 
@@ -90,16 +93,36 @@ def kept_bytes(captured, outputs_attentions) -> int:
     return sum(tensor.numel() * tensor.element_size() for tensor in tensors)
 
 
-def run_configuration(model, name: str, run):
-    """Runs `run(output_attentions)` under configuration `name`; returns what it kept, in bytes."""
+@contextlib.contextmanager
+def time_spent_capturing():
+    """Adds up the seconds spent computing captures (inside the wrapped attention calls) into the yielded list."""
+    seconds = [0.0]
+    record = attention_capture._Recorder.record
+
+    def timed_record(*args, **kwargs):
+        start = time.perf_counter()
+        try:
+            return record(*args, **kwargs)
+        finally:
+            seconds[0] += time.perf_counter() - start
+
+    with mock.patch.object(attention_capture._Recorder, "record", timed_record):
+        yield seconds
+
+
+def run_configuration(model, name: str, run) -> tuple[int, float]:
+    """
+    Runs `run(output_attentions)` under configuration `name`; returns the bytes it kept and the seconds spent in the
+    capture computation (0 without capture): on a shared CPU this share is steadier than a ratio of total times.
+    """
     implementation, capture_kwargs, output_attentions = CONFIGURATIONS[name]
     set_attention_implementation(model, implementation)
     with torch.no_grad():
         if capture_kwargs is None:
-            return kept_bytes(None, run(output_attentions))
-        with capture_attention(model, **capture_kwargs) as captured:
+            return kept_bytes(None, run(output_attentions)), 0.0
+        with time_spent_capturing() as seconds, capture_attention(model, **capture_kwargs) as captured:
             run(output_attentions)
-        return kept_bytes(captured, None)
+        return kept_bytes(captured, None), seconds[0]
 
 
 # Memory: one configuration per subprocess
@@ -129,9 +152,14 @@ def memory_worker(args) -> dict:
     with open("/proc/self/clear_refs", "w") as clear_refs:
         clear_refs.write("5")  # resets VmHWM (the peak RSS) to the current RSS
     start = time.perf_counter()
-    kept = run_configuration(model, args.worker, forward)
+    kept, capture_seconds = run_configuration(model, args.worker, forward)
     seconds = time.perf_counter() - start
-    return {"seconds": seconds, "extra_peak_bytes": _proc_status_bytes("VmHWM") - rss_before, "kept_bytes": kept}
+    return {
+        "seconds": seconds,
+        "capture_seconds": capture_seconds,
+        "extra_peak_bytes": _proc_status_bytes("VmHWM") - rss_before,
+        "kept_bytes": kept,
+    }
 
 
 def projected_output_attentions_bytes(num_layers: int, tokens: int, dtype: torch.dtype) -> int:
@@ -192,21 +220,25 @@ def speed_benchmark(args, hidden_size: int, intermediate_size: int, prompt_token
         return [weights for step in outputs.attentions for weights in step] if output_attentions else None
 
     seconds = {name: [] for name in CONFIGURATIONS}
+    capture_shares = {name: [] for name in CONFIGURATIONS}
     kept = {}
     for repeat in range(args.repeats + 1):  # the first round warms up and is not timed
         for name in CONFIGURATIONS:
             start = time.perf_counter()
-            kept[name] = run_configuration(model, name, generate)
+            kept[name], capture_seconds = run_configuration(model, name, generate)
             if repeat:
                 seconds[name].append(time.perf_counter() - start)
+                capture_shares[name].append(capture_seconds / seconds[name][-1])
         print(f"  speed {setting}: round {repeat} done", file=sys.stderr, flush=True)
-    baseline = statistics.median(seconds["sdpa"])
+    baseline, fastest_baseline = statistics.median(seconds["sdpa"]), min(seconds["sdpa"])
     rows = [
         {
             "configuration": name,
             "median_seconds": statistics.median(seconds[name]),
             "min_seconds": min(seconds[name]),
             "vs_sdpa": statistics.median(seconds[name]) / baseline,
+            "min_vs_sdpa_min": min(seconds[name]) / fastest_baseline,
+            "capture_share": statistics.median(capture_shares[name]),
             "kept_bytes": kept[name],
             "seconds": seconds[name],
         }
@@ -225,13 +257,15 @@ def _print_memory_table(rows: list[dict], settings: dict) -> None:
         f"{settings['dtype']}, 28 q / 4 kv heads x 128 (hidden {settings['memory_hidden_size']}); "
         "extra = peak RSS during the forward - RSS before (fresh process per row)"
     )
-    print("| configuration | seconds | extra peak MiB | kept MiB | kept for Qwen2-7B (28 layers) MiB |")
-    print("|---|---|---|---|---|")
+    print("| configuration | seconds | capture ms | extra peak MiB | kept MiB | kept for Qwen2-7B (28 layers) MiB |")
+    print("|---|---|---|---|---|---|")
     for row in rows:
         seconds = f"{row['seconds']:.1f}" if "seconds" in row else row.get("skipped", row.get("error", "-"))
         per_layer = row.get("kept_bytes", 0) / settings["memory_layers"]
+        captures = CONFIGURATIONS[row["configuration"]][1] is not None and "capture_seconds" in row
+        capture_ms = f"{row['capture_seconds'] * 1e3:.1f}" if captures else "-"
         print(
-            f"| {row['configuration']} | {seconds} | {_mib(row.get('extra_peak_bytes'))} | "
+            f"| {row['configuration']} | {seconds} | {capture_ms} | {_mib(row.get('extra_peak_bytes'))} | "
             f"{_mib(row.get('kept_bytes'))} | {_mib(per_layer * QWEN2_7B_LAYERS)} |"
         )
 
@@ -247,12 +281,13 @@ def print_tables(report: dict) -> None:
             f"layers of hidden {setting['hidden_size']} / MLP {setting['intermediate_size']}, {settings['dtype']}, "
             f"median of {settings['repeats']} runs"
         )
-        print("| configuration | median s | min s | vs sdpa | kept MiB |")
-        print("|---|---|---|---|---|")
+        print("| configuration | median s | min s | median vs sdpa | min vs sdpa | capture share | kept MiB |")
+        print("|---|---|---|---|---|---|---|")
         for row in speed["rows"]:
             print(
                 f"| {row['configuration']} | {row['median_seconds']:.2f} | {row['min_seconds']:.2f} | "
-                f"{row['vs_sdpa']:.2f}x | {_mib(row['kept_bytes'])} |"
+                f"{row['vs_sdpa']:.2f}x | {row['min_vs_sdpa_min']:.2f}x | {row['capture_share']:.1%} | "
+                f"{_mib(row['kept_bytes'])} |"
             )
     environment = report["environment"]
     print(
@@ -282,7 +317,7 @@ def parse_args():
         help="also time generate after this many tokens on the memory model, where attention dominates (0: skip)",
     )
     parser.add_argument("--long-new-tokens", type=int, default=8)
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--skip-memory", action="store_true")
     parser.add_argument("--skip-speed", action="store_true")
     parser.add_argument("--json", default="benchmark_capture.json", help="where to write the report")
