@@ -92,9 +92,12 @@ def overlay_clears(measurements: dict[str, Measurement]) -> bool:
 
 
 def stock_eager_attention(model_type: str):
-    """Transformers' own eager attention function for `model_type`, whether or not the overlay replaced it."""
+    """
+    Transformers' own eager attention function for `model_type`, whether or not the overlay replaced it; None when this
+    transformers has no module-level one (before `patching.FIRST_PATCHABLE_RELEASE[model_type]`).
+    """
     module = importlib.import_module(PATCHED_MODULES[model_type])
-    return patching._originals.get(model_type, getattr(module, patching.PATCHED_ATTRIBUTE))
+    return patching._originals.get(model_type, getattr(module, patching.PATCHED_ATTRIBUTE, None))
 
 
 def replaceable_model_types(model_types) -> tuple[str, ...]:

@@ -32,6 +32,7 @@ from importlib import metadata
 from pathlib import Path
 from unittest import mock
 
+from packaging.version import Version
 from parameterized import parameterized
 
 from transformers.testing_utils import require_torch
@@ -43,6 +44,21 @@ STABLE_MODULE = "transformers_overlay.integrations.stable_eager_attention"
 PTH_FILE = Path(__file__).parents[2] / "src" / "transformers_overlay.pth"
 OVERLAY_WARNING = "Warning: transformers-overlay"
 
+
+def patchable_model_types() -> tuple[str, ...]:
+    """The model types whose module in the installed transformers has the module-level function the overlay replaces."""
+    installed = Version(Version(metadata.version("transformers")).base_version)
+    return tuple(
+        model_type
+        for model_type, first in patching.FIRST_PATCHABLE_RELEASE.items()
+        if installed >= Version(first) and model_type in PATCHED_MODULES
+    )
+
+
+PATCHABLE_MODEL_TYPES = patchable_model_types()
+# What `status()` says of a model type that has no module-level function in the installed transformers.
+NOT_PATCHABLE_STATE = r"^stock \(transformers \S+ has no module-level `eager_attention_forward` here \(it has since "
+
 # Prints, as JSON, what a fresh interpreter holds right after start and after importing the two patched modules.
 PROBE = """
 import json, sys
@@ -52,7 +68,8 @@ imported = {}
 for model_type, module_name in json.loads(sys.argv[1]).items():
     try:
         module = __import__(module_name, fromlist=["eager_attention_forward"])
-        imported[model_type] = module.eager_attention_forward.__module__
+        function = getattr(module, "eager_attention_forward", None)  # absent before FIRST_PATCHABLE_RELEASE
+        imported[model_type] = None if function is None else function.__module__
     except Exception as error:
         imported[model_type] = f"{type(error).__name__}: {error}"
 import transformers_overlay
@@ -122,9 +139,18 @@ class ImportHookTest(unittest.TestCase):
         report, stderr = probe()
 
         self.assertEqual(report["hook"], ["PatchOnImportFinder"])
-        self.assertEqual(report["imported"], {"qwen2": STABLE_MODULE, "siglip": STABLE_MODULE})
-        self.assertEqual({entry["state"] for entry in report["status"]["models"].values()}, {"patched"})
-        self.assertEqual(count_overlay_warnings(stderr), 0)
+        expected = {
+            model_type: STABLE_MODULE if model_type in PATCHABLE_MODEL_TYPES else None
+            for model_type in PATCHED_MODULES
+        }
+        self.assertEqual(report["imported"], expected)
+        for model_type, entry in report["status"]["models"].items():
+            if model_type in PATCHABLE_MODEL_TYPES:
+                self.assertEqual(entry["state"], "patched")
+            else:
+                self.assertRegex(entry["state"], NOT_PATCHABLE_STATE)
+        # One warning per model type the overlay cannot patch in this transformers, none otherwise.
+        self.assertEqual(count_overlay_warnings(stderr), len(PATCHED_MODULES) - len(PATCHABLE_MODEL_TYPES), stderr)
 
     def test_interpreter_start_imports_neither_torch_nor_transformers(self):
         report, _ = probe(modules={})
@@ -139,7 +165,11 @@ class ImportHookTest(unittest.TestCase):
         report, stderr = probe(env={OPT_OUT_ENV: "1"})
 
         self.assertEqual(report["hook"], [])
-        self.assertEqual(report["imported"], {"qwen2": PATCHED_MODULES["qwen2"], "siglip": PATCHED_MODULES["siglip"]})
+        expected = {
+            model_type: module_name if model_type in PATCHABLE_MODEL_TYPES else None
+            for model_type, module_name in PATCHED_MODULES.items()
+        }
+        self.assertEqual(report["imported"], expected)
         self.assertTrue(report["status"]["opt_out"])
         self.assertFalse(report["status"]["import_hook"])
         self.assertEqual({entry["state"] for entry in report["status"]["models"].values()}, {"stock"})
@@ -244,7 +274,8 @@ class PatchingApiTest(unittest.TestCase):
 
     def tearDown(self):
         for model_type, function in self.functions.items():
-            setattr(self.modules[model_type], patching.PATCHED_ATTRIBUTE, function)
+            if function is not None:  # a module without the function is left without it
+                setattr(self.modules[model_type], patching.PATCHED_ATTRIBUTE, function)
         enabled, originals, skipped = self.state
         patching._enabled = enabled
         patching._originals.clear()
@@ -253,21 +284,45 @@ class PatchingApiTest(unittest.TestCase):
         patching._skipped.update(skipped)
 
     def current_functions(self):
-        return {model_type: module.eager_attention_forward for model_type, module in self.modules.items()}
+        """Each model type's module-level function; None where this transformers has none."""
+        return {
+            model_type: getattr(module, patching.PATCHED_ATTRIBUTE, None)
+            for model_type, module in self.modules.items()
+        }
+
+    def patched_functions(self):
+        """What `apply()` leaves: the stable function wherever transformers has a module-level one to replace."""
+        return {
+            model_type: self.stable if model_type in PATCHABLE_MODEL_TYPES else self.stock[model_type]
+            for model_type in PATCHED_MODULES
+        }
+
+    def assert_state(self, status, model_type, state):
+        """`state` for a patchable model type; one without the module-level function is stock (saying why once tried)."""
+        found = status["models"][model_type]["state"]
+        if model_type in PATCHABLE_MODEL_TYPES:
+            self.assertEqual(found, state)
+        elif found != "stock":
+            self.assertRegex(found, NOT_PATCHABLE_STATE)
+
+    def assert_states(self, status, state):
+        for model_type in PATCHED_MODULES:
+            self.assert_state(status, model_type, state)
 
     def test_apply_then_revert_restores_the_identical_objects(self):
         patching.revert()
         stock = self.current_functions()
 
         status = patching.apply()
-        self.assertEqual(self.current_functions(), dict.fromkeys(PATCHED_MODULES, self.stable))
-        self.assertEqual({entry["state"] for entry in status["models"].values()}, {"patched"})
+        self.assertEqual(self.current_functions(), self.patched_functions())
+        self.assertIs(self.modules["qwen2"].eager_attention_forward, self.stable)
+        self.assert_states(status, "patched")
 
         status = patching.revert()
         for model_type, function in self.current_functions().items():
             self.assertIs(function, stock[model_type])
             self.assertIs(function, self.stock[model_type])
-        self.assertEqual({entry["state"] for entry in status["models"].values()}, {"stock"})
+        self.assert_states(status, "stock")
         self.assertFalse(status["enabled"])
 
     def test_apply_twice_keeps_the_original(self):
@@ -283,22 +338,22 @@ class PatchingApiTest(unittest.TestCase):
         status = patching.revert(["qwen2"])
 
         self.assertIs(self.modules["qwen2"].eager_attention_forward, self.stock["qwen2"])
-        self.assertIs(self.modules["siglip"].eager_attention_forward, self.stable)
+        self.assertIs(self.current_functions()["siglip"], self.patched_functions()["siglip"])
         self.assertEqual(status["models"]["qwen2"]["state"], "stock")
-        self.assertEqual(status["models"]["siglip"]["state"], "patched")
+        self.assert_state(status, "siglip", "patched")
 
     def test_disabled_restores_the_patched_functions(self):
         patching.apply()
         with patching.disabled():
             self.assertEqual(self.current_functions(), self.stock)
-            self.assertEqual({entry["state"] for entry in patching.status()["models"].values()}, {"stock"})
-        self.assertEqual(self.current_functions(), dict.fromkeys(PATCHED_MODULES, self.stable))
+            self.assert_states(patching.status(), "stock")
+        self.assertEqual(self.current_functions(), self.patched_functions())
 
     def test_disabled_restores_after_an_exception(self):
         patching.apply()
         with self.assertRaises(KeyError), patching.disabled():
             raise KeyError("raised inside the block")
-        self.assertEqual(self.current_functions(), dict.fromkeys(PATCHED_MODULES, self.stable))
+        self.assertEqual(self.current_functions(), self.patched_functions())
 
     def test_disabled_keeps_a_reverted_state(self):
         patching.revert()
@@ -350,5 +405,5 @@ class PatchingApiTest(unittest.TestCase):
         status = patching.apply("qwen2")
 
         self.assertIs(self.modules["qwen2"].eager_attention_forward, self.stable)
-        self.assertIs(self.modules["siglip"].eager_attention_forward, self.stock["siglip"])
-        self.assertEqual(status["models"]["siglip"]["state"], "stock")
+        self.assertIs(self.current_functions()["siglip"], self.stock["siglip"])
+        self.assert_state(status, "siglip", "stock")

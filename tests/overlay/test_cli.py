@@ -23,6 +23,7 @@ import unittest
 from importlib import metadata
 from unittest import mock
 
+from packaging.version import Version
 from parameterized import parameterized
 
 from transformers import is_torch_available
@@ -43,6 +44,14 @@ def run_check(*args):
     with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
         code = cli.main(["check", *args])
     return code, stdout.getvalue(), stderr.getvalue()
+
+
+def patchable_model_types() -> list[str]:
+    """The model types whose module in the installed transformers has the module-level function the overlay replaces."""
+    from transformers_overlay.patching import FIRST_PATCHABLE_RELEASE
+
+    installed = Version(Version(metadata.version("transformers")).base_version)
+    return sorted(model_type for model_type, first in FIRST_PATCHABLE_RELEASE.items() if installed >= Version(first))
 
 
 def table_rows(output: str, attention: str) -> list[str]:
@@ -85,7 +94,13 @@ class CheckBuiltinModelsTest(unittest.TestCase):
         self.assertIn(f"transformers {metadata.version('transformers')}", output)
         self.assertIn(f"torch {torch.__version__}", output)
         self.assertIn("qwen2   transformers.models.qwen2.modeling_qwen2: patched", output)
-        self.assertIn("By default, eager attention of qwen2, siglip runs the overlay.", output)
+        patchable = patchable_model_types()
+        if "siglip" in patchable:
+            self.assertIn("siglip  transformers.models.siglip.modeling_siglip: patched", output)
+        else:  # SigLIP's eager attention is inside its class before FIRST_PATCHABLE_RELEASE["siglip"]
+            self.assertIn("siglip  transformers.models.siglip.modeling_siglip: stock (", output)
+            self.assertIn("has no module-level `eager_attention_forward`", output)
+        self.assertIn(f"By default, eager attention of {', '.join(patchable)} runs the overlay.", output)
         # One row per model, dtype and attention; stock eager reproduces P-001 in float16, the overlay clears all.
         stock_rows = table_rows(output, "eager stock")
         self.assertEqual(len(stock_rows), 4)
@@ -107,7 +122,8 @@ class CheckBuiltinModelsTest(unittest.TestCase):
 
     def test_check_fails_when_the_overlay_does_not_clear(self):
         # With transformers' own functions standing in for the overlay, P-001 is not cleared and the check says so.
-        stock = {model_type: reproduction.stock_eager_attention(model_type) for model_type in ("qwen2", "siglip")}
+        model_types = reproduction.replaceable_model_types(("qwen2", "siglip"))
+        stock = {model_type: reproduction.stock_eager_attention(model_type) for model_type in model_types}
 
         def stock_eager_attention(module, *args, **kwargs):
             model_type = "qwen2" if hasattr(module, "num_key_value_groups") else "siglip"

@@ -34,7 +34,8 @@ if is_torch_available():
 
     with patching.disabled():  # transformers' own functions, whether or not the overlay replaced them
         UPSTREAM_QWEN2_EAGER = modeling_qwen2.eager_attention_forward
-        UPSTREAM_SIGLIP_EAGER = modeling_siglip.eager_attention_forward
+        # None before `patching.FIRST_PATCHABLE_RELEASE["siglip"]`: SigLIP's eager attention was inside its class.
+        UPSTREAM_SIGLIP_EAGER = getattr(modeling_siglip, patching.PATCHED_ATTRIBUTE, None)
 
     class AttentionModuleStub(nn.Module):
         """What the eager functions read from the attention layer: `training` and, for GQA, `num_key_value_groups`."""
@@ -127,6 +128,11 @@ class StableEagerAttentionFloat32Test(unittest.TestCase):
 
     @parameterized.expand([("none",), ("padding_broadcast",)])
     def test_matches_upstream_siglip(self, mask_kind):
+        if UPSTREAM_SIGLIP_EAGER is None:
+            self.skipTest(
+                f"transformers {patching.transformers_version()} has no module-level SigLIP eager function (it has "
+                f"since {patching.FIRST_PATCHABLE_RELEASE['siglip']}), so the overlay does not replace it"
+            )
         # SigLIP's attention layer has no `num_key_value_groups`.
         query, key, value = make_qkv(num_heads=4, num_key_value_heads=4, query_len=16)
         module = AttentionModuleStub().eval()
