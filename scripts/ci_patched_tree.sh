@@ -38,7 +38,7 @@ fail() {
 
 step "download and unpack the transformers $VERSION sdist"
 "$PYTHON" -m pip download --quiet --no-deps --no-binary :all: "transformers==$VERSION" --dest "$WORK_DIR"
-tar -xzf "$WORK_DIR/transformers-$VERSION.tar.gz" -C "$WORK_DIR"
+tar --no-same-owner -xzf "$WORK_DIR/transformers-$VERSION.tar.gz" -C "$WORK_DIR"
 gitq init --quiet
 gitq add --all
 gitq commit --quiet -m "transformers $VERSION (PyPI sdist)"

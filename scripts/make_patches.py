@@ -135,8 +135,11 @@ def overlay_functions(source: Path = OVERLAY_SOURCE) -> list[OverlayFunction]:
 
 
 def call_graph(functions: list[OverlayFunction]) -> dict[str, list[str]]:
-    """The names and call edges of the overlay functions: what the modular converter's placement depends on."""
-    return {function.name: list(function.calls) for function in functions}
+    """
+    Each overlay function with the other overlay functions and the imported names it references: what the modular
+    converter's placement of the functions (and of imported helpers such as `repeat_kv`) depends on.
+    """
+    return {function.name: sorted(function.calls + function.imports) for function in functions}
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -216,7 +219,7 @@ def edit_modular_qwen2(text: str, functions: list[OverlayFunction]) -> str:
     new_import += "".join(f"    {name},\n" for name in sorted(llama_names, key=_sort_key)) + ")\n"
 
     attention_start = min([attention.lineno] + [d.lineno for d in attention.decorator_list]) - 1
-    definitions = "\n\n".join(function.text for function in functions) + "\n\n\n"
+    definitions = "\n\n".join(function.text for function in functions) + "\n\n"  # two blank lines around each
     return "".join(
         lines[: llama_import.lineno - 1]
         + [new_import]
@@ -482,7 +485,7 @@ def check_layout(layout: dict, functions: list[OverlayFunction]) -> None:
     """The recorded placement holds only for the call graph it was recorded with, and for text the converter keeps."""
     if layout["overlay_call_graph"] != call_graph(functions):
         raise PatchError(
-            "the overlay functions or their calls changed since the layout was recorded: "
+            "the overlay functions or the names they use changed since the layout was recorded: "
             "re-record it with --record-layout --converter-dir TRANSFORMERS/utils"
         )
     # the converter renames model names (`qwen2` -> `qwen3`, ...) in copied code, comments and strings
@@ -634,7 +637,7 @@ def undefined_names(tree: Path, paths: list[str]) -> list[str]:
     return [line for line in result.stdout.splitlines() if ": F821" in line]
 
 
-def record_layout(converter_dir: Path, python: str) -> dict:
+def record_layout(converter_dir: Path, python: str, baseline: bool = True) -> dict:
     """
     Runs upstream's modular converter on the edited `modular_qwen2.py` and, round after round, on every modular file
     that imports from a modeling file it changed; checks that the same converter reproduces the pristine files, that
@@ -651,25 +654,30 @@ def record_layout(converter_dir: Path, python: str) -> dict:
         modular = tree / MODULAR_QWEN2
         modular.write_text(edit_modular_qwen2(modular.read_text(encoding="utf-8"), functions), encoding="utf-8")
 
-        converted, frontier = [], [MODULAR_QWEN2]
+        # every modular file that imports, directly or not, from a modeling file the edit may change; the converter
+        # orders them so that each is converted after the files it imports from
+        converted, frontier = [MODULAR_QWEN2], [MODULAR_QWEN2]
         while frontier:
-            print(f"converting {len(frontier)} modular file(s): {', '.join(p.split('/')[3] for p in frontier)}")
-            run_converter(tree, converter_dir, python, frontier)
+            frontier = dependents(tree, {path.split("/")[3] for path in frontier}, set(converted))
             converted += frontier
-            models = {p.split("/")[3] for p in changed_files(tree) if "/modeling_" in p}
-            frontier = dependents(tree, models, set(converted))
+        print(f"converting {len(converted)} modular files with {converter_dir / 'modular_model_converter.py'}")
+        run_converter(tree, converter_dir, python, converted)
         generated = [p for p in changed_files(tree) if p != MODULAR_QWEN2]
-
-        baseline = work_copy(Path(scratch) / "baseline")
-        print(f"checking that the converter reproduces the {len(converted)} pristine conversions")
-        run_converter(baseline, converter_dir, python, converted)
-        drift = changed_files(baseline)
-        if drift:
-            raise PatchError(f"this converter does not reproduce transformers {TRANSFORMERS_VERSION}: {drift}")
 
         broken = undefined_names(tree, generated)
         if broken:
-            raise PatchError("the converter's output uses undefined names: " + "; ".join(broken))
+            raise PatchError(
+                "the converter's output uses undefined names (a helper the stock eager pulled in, such as repeat_kv, "
+                "is no longer in the modeling files others inherit from): " + "; ".join(broken)
+            )
+        if baseline:
+            reference = work_copy(Path(scratch) / "baseline")
+            print(f"checking that the converter reproduces the {len(converted)} pristine conversions")
+            run_converter(reference, converter_dir, python, converted)
+            drift = changed_files(reference)
+            if drift:
+                raise PatchError(f"this converter does not reproduce transformers {TRANSFORMERS_VERSION}: {drift}")
+
         pristine = pristine_tree()
         layout = {}
         for path in generated:
@@ -701,6 +709,9 @@ def main(argv: list[str] | None = None) -> int:
     mode.add_argument("--record-layout", action="store_true", help="re-record the layout with upstream's converter")
     parser.add_argument("--converter-dir", type=Path, help="utils/ of a transformers 5.23.0 git checkout")
     parser.add_argument("--converter-python", default=sys.executable, help="python with libcst for the converter")
+    parser.add_argument(
+        "--no-baseline", action="store_true", help="skip re-converting the pristine files (halves --record-layout)"
+    )
     args = parser.parse_args(argv)
     try:
         if args.pristine_tree:
@@ -715,7 +726,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.record_layout:
                 if args.converter_dir is None:
                     parser.error("--record-layout needs --converter-dir")
-                layout = record_layout(args.converter_dir.expanduser(), args.converter_python)
+                layout = record_layout(args.converter_dir.expanduser(), args.converter_python, not args.no_baseline)
                 PATCH_DIR.mkdir(exist_ok=True)
                 (PATCH_DIR / LAYOUT_NAME).write_text(json.dumps(layout, indent=2) + "\n", encoding="utf-8")
                 print(f"recorded {len(layout['generated_files'])} generated files in patches/{LAYOUT_NAME}")

@@ -26,6 +26,7 @@ import importlib.util
 import json
 import os
 import subprocess
+import sys
 import tempfile
 import textwrap
 import unittest
@@ -40,6 +41,7 @@ PATCH_DIR = REPO / "patches"
 def _load_make_patches():
     spec = importlib.util.spec_from_file_location("make_patches", REPO / "scripts" / "make_patches.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 
@@ -58,11 +60,11 @@ def series() -> list[str]:
 
 
 def tree_digest(root: Path) -> str:
-    """Hash of every path, mode and content under `root`, git metadata included (HEAD, index, refs)."""
+    """Hash of every path, executable bit and content under `root`, git metadata included (HEAD, index, refs)."""
     digest = hashlib.sha256()
     for path in sorted(root.rglob("*")):
         if path.is_file() and "objects" not in path.relative_to(root).parts[:2]:
-            digest.update(f"{path.relative_to(root)}:{path.stat().st_mode:o}\n".encode())
+            digest.update(f"{path.relative_to(root)}:{os.access(path, os.X_OK)}\n".encode())
             digest.update(path.read_bytes())
     return digest.hexdigest()
 
@@ -113,7 +115,7 @@ class PatchSeriesTest(unittest.TestCase):
                 header = text.split("\n---\n", 1)[0]
                 for field in ("Description", "Origin", "Bug", "Forwarded", "Last-Update"):
                     self.assertRegex(header, rf"\n{field}: \S")
-                self.assertIn(f"Last-Update: {make_patches.PATCH_DATE}\n", header)
+                self.assertIn(f"\nLast-Update: {make_patches.PATCH_DATE}", header)
 
     def test_patches_are_regenerated_byte_for_byte(self):
         # fails when the overlay function, the tests, the RAG README or the generator changed without regenerating
@@ -282,7 +284,7 @@ class ApplyPatchesTest(unittest.TestCase):
         self.assertCarriesOverlayFunctions(tree)
         patched = tree_digest(tree)
 
-        for options, message in ((("--check",), "already applied"), ((), "already applied; nothing to do")):
+        for options, message in ((("--check",), "already applied to"), ((), "nothing to do")):
             with self.subTest(options=options):
                 again = apply_patches(tree, *options)
                 self.assertEqual(again.returncode, 0, again.stderr)

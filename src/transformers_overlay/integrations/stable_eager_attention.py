@@ -7,6 +7,8 @@ at run time, and `scripts/make_patches.py` copies its text into the patch set fo
 import torch
 from torch import nn
 
+from transformers.integrations.sdpa_attention import repeat_kv
+
 
 def _query_rows_per_block(query_len: int) -> int:
     """
@@ -29,22 +31,6 @@ def _add_attention_mask_(scores: torch.Tensor, attention_mask: torch.Tensor) -> 
     return torch.isneginf(attention_mask).all(dim=-1, keepdim=True)
 
 
-def _group_query_heads(tensor: torch.Tensor, num_key_value_heads: int) -> torch.Tensor:
-    """
-    View of `tensor` (batch, num_heads, ...) as (batch, num_key_value_heads, heads_per_group, ...): the query heads
-    that share a key/value head sit together, so grouped-query attention needs no repeated keys and values.
-    """
-    return tensor.unflatten(1, (num_key_value_heads, -1))
-
-
-def _group_attention_mask(attention_mask: torch.Tensor, num_key_value_heads: int) -> torch.Tensor:
-    """`attention_mask` broadcast as a 4D (batch, heads, query, key) mask, its head dimension grouped like the queries."""
-    attention_mask = attention_mask[(None,) * (4 - attention_mask.dim())]
-    if attention_mask.shape[1] == 1:
-        return attention_mask.unsqueeze(2)
-    return _group_query_heads(attention_mask, num_key_value_heads)
-
-
 def eager_attention_forward(
     module: nn.Module,
     query: torch.Tensor,
@@ -58,8 +44,8 @@ def eager_attention_forward(
     r"""
     Eager attention computed in float32, returning `(attn_output, attn_weights)` like the other attention functions.
 
-    With `Q`, `K`, `V` the query, key and value states upcast to float32 (for grouped-query attention each query head
-    uses the key/value head of its group, as `repeat_kv` would give it) and `M` the attention mask:
+    With `Q`, `K`, `V` the query, key and value states upcast to float32 (`K`, `V` repeated for grouped-query
+    attention when `module` has `num_key_value_groups`) and `M` the attention mask:
 
         scores = (Q * scaling) @ K^T + M     # M: float mask added as is; boolean mask: True -> 0, False -> -inf
         attn_weights = softmax(scores, dim=-1)
@@ -75,29 +61,26 @@ def eager_attention_forward(
     - The float32 scores are computed for one block of query rows at a time and written straight into the returned
       weights, so the extra memory is a fraction of `attn_weights` rather than several times it.
     """
+    if hasattr(module, "num_key_value_groups"):
+        key = repeat_kv(key, module.num_key_value_groups)
+        value = repeat_kv(value, module.num_key_value_groups)
     batch_size, num_heads, query_len, _ = query.shape
-    num_key_value_heads, key_len = key.shape[1], key.shape[2]
-    heads_per_group = num_heads // num_key_value_heads
+    key_len = key.shape[-2]
     if attention_mask is not None:
-        attention_mask = _group_attention_mask(attention_mask[..., :key_len], num_key_value_heads)
+        attention_mask = attention_mask[..., :key_len]
 
-    # Query heads grouped by the key/value head they share: keys and values are upcast once, never repeated.
-    query_states = _group_query_heads(query, num_key_value_heads)
     key_states_t = key.to(torch.float32).transpose(-1, -2)
     value_states = value.to(torch.float32)
     attn_weights = value.new_empty(batch_size, num_heads, query_len, key_len)
     attn_output = value.new_empty(batch_size, query_len, num_heads, value.shape[-1])
-    grouped_weights = _group_query_heads(attn_weights, num_key_value_heads)
-    grouped_output = _group_query_heads(attn_output.transpose(1, 2), num_key_value_heads)
 
     rows_per_block = _query_rows_per_block(query_len)
     num_blocks = max(1, query_len // rows_per_block)
     for block in range(num_blocks):
         # the last block takes the remaining rows: a block of a few rows would run on another matmul kernel
-        end = (block + 1) * rows_per_block if block < num_blocks - 1 else query_len
+        end = query_len if block == num_blocks - 1 else (block + 1) * rows_per_block
         rows = slice(block * rows_per_block, end)
-        block_query = (query_states[:, :, :, rows].to(torch.float32) * scaling).flatten(2, 3)
-        scores = torch.matmul(block_query, key_states_t).unflatten(2, (heads_per_group, -1))
+        scores = torch.matmul(query[:, :, rows].to(torch.float32) * scaling, key_states_t)
         fully_masked_rows = None
         if attention_mask is not None:
             block_mask = attention_mask if attention_mask.shape[-2] == 1 else attention_mask[..., rows, :]
@@ -109,9 +92,8 @@ def eager_attention_forward(
         if fully_masked_rows is not None and fully_masked_rows.any():
             probs = probs.masked_fill(fully_masked_rows, 0.0)
         probs = nn.functional.dropout(probs, p=dropout, training=module.training)
-        grouped_weights[:, :, :, rows] = probs
-        block_output = torch.matmul(probs.flatten(2, 3), value_states)
-        grouped_output[:, :, :, rows] = block_output.unflatten(2, (heads_per_group, -1))
-        del scores, probs, block_output  # release this block before the next one is allocated
+        attn_weights[:, :, rows] = probs
+        attn_output[:, rows] = torch.matmul(probs, value_states).transpose(1, 2)
+        del scores, probs  # release this block before the next one is allocated
 
     return attn_output, attn_weights
