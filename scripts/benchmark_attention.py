@@ -11,19 +11,23 @@ Three sections, all printed as tables and written to one JSON file:
   `attn_implementation="eager"` (stock, then with the overlay applied) and `"sdpa"`.
 - `startup`: what the activation hook (`transformers_overlay.pth`) costs at interpreter start-up.
 
-How it measures:
+How it measures (workers run with `TRANSFORMERS_OVERLAY_DISABLE=1`, the overlay applied only where named):
 
 - Time: in one fresh process per configuration, each contender is called once (warm-up), then all contenders are
   called in rounds, rotating the order every round (A B C, B C A, C A B, ...), and the median per contender is
-  reported. Rounds stop after `--time-budget` seconds per configuration, but never fewer than `--min-rounds`.
-- Peak memory: in another fresh process per configuration, the first call of each contender, run one after the
-  other. On CPU it is the peak resident set size above a baseline taken once the inputs exist: the kernel's high
-  water mark (`VmHWM`) is reset by writing "5" to `/proc/self/clear_refs` right before the call and read right after
-  it. The process runs with `MALLOC_MMAP_THRESHOLD_=65536`, so glibc serves every large tensor from its own mapping
-  and gives it back to the system when it is freed: the peak is then what the call itself holds, not what an
-  earlier call left in the heap. On CUDA it is `torch.cuda.max_memory_allocated()` above the memory allocated before
-  the call. The peak includes the returned tensors, and the table gives it as a multiple of the size of the returned
-  attention weights.
+  reported. Rounds stop after `--time-budget` seconds per configuration, but never fewer than `--min-rounds`. The
+  same process checks that the stable result is bitwise identical to the same computation in one block.
+- Peak memory: in another fresh process per configuration, each contender is called once on a 64-token input (code
+  pages, one-time initialisations), then measured one after the other on the real input. On CPU it is the peak
+  resident set size above a baseline taken once the inputs exist: the kernel's high water mark (`VmHWM`) is reset by
+  writing "5" to `/proc/self/clear_refs` right before the call and read right after it. The process runs with
+  `MALLOC_MMAP_THRESHOLD_=65536`, so glibc serves every large tensor from its own mapping and gives it back to the
+  system when it is freed: the peak is what the call itself holds, not what an earlier call left in the heap (the
+  timing process keeps glibc's defaults, which is what users get). On CUDA it is `torch.cuda.max_memory_allocated()`
+  above the memory allocated before the call. The peak includes the returned tensors; the table also gives it as a
+  multiple of the size of the returned attention weights.
+- Start-up: `python -c pass` with the hook and with the opt-out variable, alternating, median of many runs; the
+  import time of `transformers_overlay` from `python -X importtime`; and whether torch or transformers is imported.
 
 Usage (from the repository root):
 
@@ -33,6 +37,7 @@ Usage (from the repository root):
 """
 
 import argparse
+import copy
 import gc
 import json
 import os
@@ -50,9 +55,24 @@ OP_CONTENDERS = ("eager", "stable", "sdpa")
 MODEL_CONTENDERS = ("eager", "stable", "sdpa")
 # name -> (query heads, key/value heads, head_dim)
 GEOMETRIES = {"qwen2-7b": (28, 4, 128), "small": (8, 2, 128)}
-FULL = {"seq_lens": (512, 1024, 2048, 4096), "model_seq_len": 1024, "prompt_len": 512, "startup_runs": 40}
-QUICK = {"seq_lens": (256, 1024), "model_seq_len": 256, "prompt_len": 128, "startup_runs": 10}
+FULL = {
+    "geometries": tuple(GEOMETRIES),
+    "seq_lens": (512, 1024, 2048, 4096),
+    "time_budget": 5.0,
+    "model_seq_len": 1024,
+    "prompt_len": 512,
+    "startup_runs": 40,
+}
+QUICK = {
+    "geometries": ("small",),
+    "seq_lens": (256, 1024),
+    "time_budget": 1.0,
+    "model_seq_len": 256,
+    "prompt_len": 128,
+    "startup_runs": 10,
+}
 NEW_TOKENS = 32
+WARMUP_SEQ_LEN = 64  # input length of the warm-up calls that precede a memory measurement
 TARGET_MIN_SEQ_LEN = 1024  # the issue's targets apply from this sequence length on
 TARGET_TIME_RATIO = 1.0  # stable / stock eager
 TARGET_MEMORY_RATIO = 1.5  # peak memory / returned attention weights
@@ -145,9 +165,12 @@ def _peak_memory(call, device):
     return peak
 
 
-def _peak_memories(calls, device):
-    """Peak memory of each call, measured after one warm-up call of each (code pages, one-time initialisations)."""
-    for call in calls.values():
+def _peak_memories(calls, warmup_calls, device):
+    """
+    Peak memory of each of `calls`, measured after each of `warmup_calls` (the same work on a short input) ran once, so
+    that loading code pages and one-time initialisations are not counted.
+    """
+    for call in warmup_calls.values():
         call()
     return {name: _peak_memory(call, device) for name, call in calls.items()}
 
@@ -181,6 +204,22 @@ def _timed_rounds(calls, device, time_budget, min_rounds, max_rounds):
     return {name: {"median_s": statistics.median(t), "min_s": min(t), "rounds": len(t)} for name, t in times.items()}
 
 
+def _op_calls(spec, seq_len, functions):
+    """One call per contender on fresh inputs of `seq_len` tokens, and the size of the attention weights they return."""
+    import torch
+
+    module, query, key, value, mask = _op_inputs(
+        spec["geometry"], seq_len, getattr(torch, spec["dtype"]), spec["device"]
+    )
+    scaling = query.shape[-1] ** -0.5
+
+    def caller(function):
+        return lambda: function(module, query, key, value, mask, scaling=scaling)
+
+    weights_bytes = query.shape[1] * seq_len**2 * query.element_size()
+    return {name: caller(functions[name]) for name in spec["contenders"]}, weights_bytes
+
+
 def _op_worker(spec):
     import torch
 
@@ -188,19 +227,13 @@ def _op_worker(spec):
 
     device, dtype = spec["device"], getattr(torch, spec["dtype"])
     functions = _load_contenders()
-    module, query, key, value, mask = _op_inputs(spec["geometry"], spec["seq_len"], dtype, device)
-    scaling = query.shape[-1] ** -0.5
-
-    def caller(function):
-        return lambda: function(module, query, key, value, mask, scaling=scaling)
-
-    calls = {name: caller(functions[name]) for name in spec["contenders"]}
-    weights_bytes = query.shape[1] * spec["seq_len"] ** 2 * query.element_size()
-    result = {"weights_bytes": weights_bytes}
     with torch.no_grad():
         if spec["mode"] == "memory":
-            result["peak_bytes"] = _peak_memories(calls, device)
-            return result
+            warmup_calls, _ = _op_calls(spec, WARMUP_SEQ_LEN, functions)
+            calls, weights_bytes = _op_calls(spec, spec["seq_len"], functions)
+            return {"weights_bytes": weights_bytes, "peak_bytes": _peak_memories(calls, warmup_calls, device)}
+        calls, weights_bytes = _op_calls(spec, spec["seq_len"], functions)
+        result = {"weights_bytes": weights_bytes}
         result["time"] = _timed_rounds(calls, device, spec["time_budget"], spec["min_rounds"], spec["max_rounds"])
         # Blocked result against the same computation in one block, and the float32 distance to stock eager.
         output, weights = calls["stable"]()
@@ -240,13 +273,14 @@ def _tiny_qwen2(dtype, device, max_positions):
         rope_theta=1e6,
         tie_word_embeddings=False,
     )
-    models = {}
-    for implementation in ("eager", "sdpa"):
-        config._attn_implementation = implementation
-        model = Qwen2ForCausalLM(config)
-        if models:
-            model.load_state_dict(models["eager"].state_dict())
-        models[implementation] = model.to(device, dtype).eval()
+    eager_model = Qwen2ForCausalLM._from_config(copy.deepcopy(config), attn_implementation="eager")
+    sdpa_model = Qwen2ForCausalLM._from_config(copy.deepcopy(config), attn_implementation="sdpa")
+    sdpa_model.load_state_dict(eager_model.state_dict())
+    models = {"eager": eager_model, "sdpa": sdpa_model}
+    for implementation, model in models.items():
+        if model.config._attn_implementation != implementation:
+            raise RuntimeError(f"the {implementation} model runs {model.config._attn_implementation} attention")
+        model.to(device, dtype).eval()
     return models
 
 
@@ -263,7 +297,7 @@ def _model_worker(spec):
     input_ids = torch.randint(3, 1024, (1, seq_len), generator=generator).to(device)
     prompt_ids = input_ids[:, :prompt_len]
 
-    def with_backend(name, run):
+    def with_backend(name, run, ids):
         model = models["sdpa" if name == "sdpa" else "eager"]
 
         def call():
@@ -271,24 +305,25 @@ def _model_worker(spec):
                 patching.apply(["qwen2"])
             else:
                 patching.revert()
-            return run(model)
+            return run(model, ids)
 
         return call
 
-    def forward(model):
-        return model(input_ids, use_cache=False).logits
+    def forward(model, ids):
+        return model(ids, use_cache=False).logits
 
-    def generate(model):
+    def generate(model, ids):
         return model.generate(
-            prompt_ids, max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS, do_sample=False, pad_token_id=0
+            ids, max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS, do_sample=False, pad_token_id=0
         )
 
     result = {}
     with torch.no_grad():
-        for task, run in (("forward", forward), ("generate", generate)):
-            calls = {name: with_backend(name, run) for name in spec["contenders"]}
+        for task, run, ids in (("forward", forward, input_ids), ("generate", generate, prompt_ids)):
+            calls = {name: with_backend(name, run, ids) for name in spec["contenders"]}
             if spec["mode"] == "memory":
-                result[task] = {"peak_bytes": _peak_memories(calls, device)}
+                warmup_calls = {name: with_backend(name, run, ids[:, :WARMUP_SEQ_LEN]) for name in spec["contenders"]}
+                result[task] = {"peak_bytes": _peak_memories(calls, warmup_calls, device)}
             else:
                 result[task] = {
                     "time": _timed_rounds(calls, device, spec["time_budget"], spec["min_rounds"], spec["max_rounds"])
@@ -507,10 +542,12 @@ def parse_args(argv=None):
     parser.add_argument(
         "--sections", nargs="+", choices=("op", "model", "startup"), default=["op", "model", "startup"]
     )
-    parser.add_argument("--geometries", nargs="+", choices=sorted(GEOMETRIES), default=list(GEOMETRIES))
+    parser.add_argument(
+        "--geometries", nargs="+", choices=sorted(GEOMETRIES), help="op head geometries (default: all)"
+    )
     parser.add_argument("--seq-lens", nargs="+", type=int, help="op sequence lengths (default: 512 1024 2048 4096)")
     parser.add_argument("--dtypes", nargs="+", choices=("float16", "bfloat16", "float32"))
-    parser.add_argument("--time-budget", type=float, default=10.0, help="seconds of timed rounds per configuration")
+    parser.add_argument("--time-budget", type=float, help="seconds of timed rounds per configuration (default: 5)")
     parser.add_argument("--min-rounds", type=int, default=3)
     parser.add_argument("--max-rounds", type=int, default=15)
     parser.add_argument("--threads", type=int, help="torch threads in the workers (default: torch's default)")
@@ -537,7 +574,7 @@ def main(argv=None):
     base_spec = {
         "device": args.device,
         "threads": args.threads,
-        "time_budget": args.time_budget,
+        "time_budget": args.time_budget or preset["time_budget"],
         "min_rounds": args.min_rounds,
         "max_rounds": args.max_rounds,
     }
@@ -550,7 +587,7 @@ def main(argv=None):
     if "op" in args.sections:
         configs = [
             {"geometry": geometry, "seq_len": seq_len, "dtype": dtype}
-            for geometry in args.geometries
+            for geometry in args.geometries or preset["geometries"]
             for seq_len in args.seq_lens or preset["seq_lens"]
             for dtype in dtypes
         ]
@@ -568,8 +605,10 @@ def main(argv=None):
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(report, indent=2) + "\n")
     machine = report["machine"]
+    worker_threads = sorted({row["timing"]["threads"] for key in ("op", "model") for row in report.get(key, [])})
+    threads = ", ".join(map(str, worker_threads)) or machine["torch_threads"]
     print(
-        f"Machine: {machine['cpu']}, {machine['cpu_count']} CPUs ({machine['torch_threads']} torch threads), "
+        f"Machine: {machine['cpu']}, {machine['cpu_count']} CPUs ({threads} torch threads), "
         f"{machine['memory_gib']} GiB{', ' + machine['gpu'] if 'gpu' in machine else ''}; torch {machine['torch']}, "
         f"transformers {machine['transformers']}. Times: median ms; peak: MB above the inputs, returned tensors included."
     )
