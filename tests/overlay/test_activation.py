@@ -99,10 +99,16 @@ def count_overlay_warnings(stderr: str) -> int:
 
 
 def write_fake_transformers(root: Path, version: str, modeling_sources: dict) -> None:
-    """A `transformers` package with only `models/<type>/modeling_<type>.py` files, shadowing the real one."""
+    """
+    A `transformers` package with only `models/<type>/modeling_<type>.py` files, shadowing the real one, and the
+    `integrations.sdpa_attention.repeat_kv` that the stable function imports.
+    """
     package = root / "transformers"
     (package / "models").mkdir(parents=True)
+    (package / "integrations").mkdir()
     (package / "__init__.py").write_text(f"__version__ = {version!r}\n")
+    (package / "integrations" / "__init__.py").write_text("")
+    (package / "integrations" / "sdpa_attention.py").write_text("def repeat_kv(hidden_states, n_rep):\n    pass\n")
     (package / "models" / "__init__.py").write_text("")
     for model_type, source in modeling_sources.items():
         (package / "models" / model_type).mkdir()

@@ -23,6 +23,7 @@ import tempfile
 import unittest
 
 from parameterized import parameterized
+from tokenizers import Tokenizer, models, pre_tokenizers
 
 import transformers
 from transformers import (
@@ -169,8 +170,6 @@ class LlavaOnevisionHalfPrecisionModelTester:
         )
 
     def get_tokenizer(self):
-        from tokenizers import Tokenizer, models, pre_tokenizers
-
         backend = Tokenizer(models.WordLevel(self.vocab, unk_token="[UNK]"))
         backend.pre_tokenizer = pre_tokenizers.Whitespace()
         return PreTrainedTokenizerFast(
