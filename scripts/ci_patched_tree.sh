@@ -61,7 +61,7 @@ step "install the patched tree in $VENV (torch $TORCH_VERSION first, no overlay)
 {
     "$PYTHON" -m venv "$VENV" &&
         "$VENV/bin/python" -m pip install --progress-bar off "torch==$TORCH_VERSION" &&
-        "$VENV/bin/python" -m pip install --progress-bar off "$TREE" pytest parameterized pillow
+        "$VENV/bin/python" -m pip install --progress-bar off "$TREE" pytest parameterized pillow accelerate
 } >"$LOG" 2>&1 || {
     tail -n 30 "$LOG" >&2
     fail "installing the patched tree failed (log: $LOG)"

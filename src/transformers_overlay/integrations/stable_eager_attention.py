@@ -57,43 +57,55 @@ def eager_attention_forward(
       ever attended.
     - `attn_output` has shape `(batch, q_len, num_heads, head_dim)` and `attn_weights` (after dropout) shape
       `(batch, num_heads, q_len, kv_len)`, both in `value.dtype`. For float32 inputs the result equals transformers'
-      eager attention up to float32 rounding (1e-6).
+      eager attention up to float32 rounding (within 1e-6 for ordinary scores; with scores in the thousands it is
+      closer to float64 than upstream, because `Q` is scaled before the product).
     - The float32 scores are computed for one block of query rows at a time and written straight into the returned
       weights, so the extra memory is a fraction of `attn_weights` rather than several times it.
     """
+    # upcast before repeating: the only copies of the keys and values held are the float32 ones
+    key_states = key.to(torch.float32)
+    value_states = value.to(torch.float32)
     if hasattr(module, "num_key_value_groups"):
-        key = repeat_kv(key, module.num_key_value_groups)
-        value = repeat_kv(value, module.num_key_value_groups)
+        key_states = repeat_kv(key_states, module.num_key_value_groups)
+        value_states = repeat_kv(value_states, module.num_key_value_groups)
+    key_states_t = key_states.transpose(-1, -2)
     batch_size, num_heads, query_len, _ = query.shape
     key_len = key.shape[-2]
     if attention_mask is not None:
         attention_mask = attention_mask[..., :key_len]
 
-    key_states_t = key.to(torch.float32).transpose(-1, -2)
-    value_states = value.to(torch.float32)
     attn_weights = value.new_empty(batch_size, num_heads, query_len, key_len)
     attn_output = value.new_empty(batch_size, query_len, num_heads, value.shape[-1])
 
     rows_per_block = _query_rows_per_block(query_len)
     num_blocks = max(1, query_len // rows_per_block)
+    # Without autograd, every block is computed in place in one float32 workspace sized for the largest (last) block:
+    # one copy of the scores instead of two, and no fresh allocation (page faults on CPU) per block.
+    workspace = None
+    if not (torch.is_grad_enabled() and (query.requires_grad or key.requires_grad or value.requires_grad)):
+        largest_block = query_len - (num_blocks - 1) * rows_per_block
+        workspace = query.new_empty(batch_size * num_heads * largest_block * key_len, dtype=torch.float32)
     for block in range(num_blocks):
         # the last block takes the remaining rows: a block of a few rows would run on another matmul kernel
         end = query_len if block == num_blocks - 1 else (block + 1) * rows_per_block
         rows = slice(block * rows_per_block, end)
-        scores = torch.matmul(query[:, :, rows].to(torch.float32) * scaling, key_states_t)
+        block_query = query[:, :, rows].to(torch.float32) * scaling
+        scores_shape = block_query.shape[:-1] + (key_len,)
+        scores = None if workspace is None else workspace[: scores_shape.numel()].view(scores_shape)
+        scores = torch.matmul(block_query, key_states_t, out=scores)
         fully_masked_rows = None
         if attention_mask is not None:
             block_mask = attention_mask if attention_mask.shape[-2] == 1 else attention_mask[..., rows, :]
             fully_masked_rows = _add_attention_mask_(scores, block_mask)
-        if scores.requires_grad:
+        if workspace is None:
             probs = nn.functional.softmax(scores, dim=-1)
-        else:  # in place: the block then holds one float32 copy of its scores, not two
+        else:
             probs = torch.softmax(scores, dim=-1, out=scores)
         if fully_masked_rows is not None and fully_masked_rows.any():
             probs = probs.masked_fill(fully_masked_rows, 0.0)
         probs = nn.functional.dropout(probs, p=dropout, training=module.training)
         attn_weights[:, :, rows] = probs
         attn_output[:, rows] = torch.matmul(probs, value_states).transpose(1, 2)
-        del scores, probs  # release this block before the next one is allocated
+        del block_query, scores, probs  # release this block before the next one is allocated
 
     return attn_output, attn_weights
