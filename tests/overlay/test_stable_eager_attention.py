@@ -111,7 +111,12 @@ class StableEagerAttentionFloat32Test(unittest.TestCase):
     @parameterized.expand(
         [
             (f"{layout}_{mask}", num_heads, num_key_value_heads, mask)
-            for layout, num_heads, num_key_value_heads in (("mha", 4, 4), ("gqa", 8, 2), ("qwen2_7b", 28, 4))
+            for layout, num_heads, num_key_value_heads in (
+                ("mha", 4, 4),
+                ("gqa", 8, 2),
+                ("qwen2_7b", 28, 4),
+                ("gqa_uneven_head_steps", 10, 5),  # key/value heads taken 2, 2, then 1 at a time
+            )
             for mask in ("none", "causal", "padding_broadcast", "causal_and_padding", "per_head")
         ]
     )

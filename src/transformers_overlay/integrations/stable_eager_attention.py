@@ -19,6 +19,14 @@ def _query_rows_per_block(query_len: int) -> int:
     return max(64, (-(-query_len // 16) + 7) // 8 * 8)
 
 
+def _key_value_heads_per_step(num_key_value_heads: int, num_key_value_groups: int) -> int:
+    """
+    Number of key/value heads repeated (for grouped-query attention) and attended at once: as many as keeps their
+    repeated float32 copies no larger than one float32 copy of all key/value heads (all heads when nothing repeats).
+    """
+    return max(1, num_key_value_heads // num_key_value_groups)
+
+
 def _add_attention_mask_(scores: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
     """
     Adds `attention_mask` to the float32 `scores` in place. A boolean mask means True = attend: False becomes -inf.
@@ -44,8 +52,8 @@ def eager_attention_forward(
     r"""
     Eager attention computed in float32, returning `(attn_output, attn_weights)` like the other attention functions.
 
-    With `Q`, `K`, `V` the query, key and value states upcast to float32 (`K`, `V` repeated for grouped-query
-    attention when `module` has `num_key_value_groups`) and `M` the attention mask:
+    With `Q`, `K`, `V` the query, key and value states upcast to float32 (`K`, `V` repeated with upstream's
+    `repeat_kv` for grouped-query attention when `module` has `num_key_value_groups`) and `M` the attention mask:
 
         scores = (Q * scaling) @ K^T + M     # M: float mask added as is; boolean mask: True -> 0, False -> -inf
         attn_weights = softmax(scores, dim=-1)
@@ -60,23 +68,21 @@ def eager_attention_forward(
       eager attention up to float32 rounding (within 1e-6 for ordinary scores; with scores in the thousands it is
       closer to float64 than upstream, because `Q` is scaled before the product).
     - The float32 scores are computed for one block of query rows at a time and written straight into the returned
-      weights, so the extra memory is a fraction of `attn_weights` rather than several times it.
+      weights, and the keys and values are repeated for a few key/value heads at a time, so the extra memory is a
+      fraction of `attn_weights` rather than several times it.
     """
-    # upcast before repeating: the only copies of the keys and values held are the float32 ones
+    batch_size, num_heads, query_len, _ = query.shape
+    num_key_value_heads, key_len = key.shape[1], key.shape[2]
+    num_key_value_groups = getattr(module, "num_key_value_groups", 1)
     key_states = key.to(torch.float32)
     value_states = value.to(torch.float32)
-    if hasattr(module, "num_key_value_groups"):
-        key_states = repeat_kv(key_states, module.num_key_value_groups)
-        value_states = repeat_kv(value_states, module.num_key_value_groups)
-    key_states_t = key_states.transpose(-1, -2)
-    batch_size, num_heads, query_len, _ = query.shape
-    key_len = key.shape[-2]
     if attention_mask is not None:
         attention_mask = attention_mask[..., :key_len]
 
     attn_weights = value.new_empty(batch_size, num_heads, query_len, key_len)
     attn_output = value.new_empty(batch_size, query_len, num_heads, value.shape[-1])
 
+    kv_heads_per_step = _key_value_heads_per_step(num_key_value_heads, num_key_value_groups)
     rows_per_block = _query_rows_per_block(query_len)
     num_blocks = max(1, query_len // rows_per_block)
     # Without autograd, every block is computed in place in one float32 workspace sized for the largest (last) block:
@@ -84,28 +90,38 @@ def eager_attention_forward(
     workspace = None
     if not (torch.is_grad_enabled() and (query.requires_grad or key.requires_grad or value.requires_grad)):
         largest_block = query_len - (num_blocks - 1) * rows_per_block
-        workspace = query.new_empty(batch_size * num_heads * largest_block * key_len, dtype=torch.float32)
-    for block in range(num_blocks):
-        # the last block takes the remaining rows: a block of a few rows would run on another matmul kernel
-        end = query_len if block == num_blocks - 1 else (block + 1) * rows_per_block
-        rows = slice(block * rows_per_block, end)
-        block_query = query[:, :, rows].to(torch.float32) * scaling
-        scores_shape = block_query.shape[:-1] + (key_len,)
-        scores = None if workspace is None else workspace[: scores_shape.numel()].view(scores_shape)
-        scores = torch.matmul(block_query, key_states_t, out=scores)
-        fully_masked_rows = None
-        if attention_mask is not None:
-            block_mask = attention_mask if attention_mask.shape[-2] == 1 else attention_mask[..., rows, :]
-            fully_masked_rows = _add_attention_mask_(scores, block_mask)
-        if workspace is None:
-            probs = nn.functional.softmax(scores, dim=-1)
-        else:
-            probs = torch.softmax(scores, dim=-1, out=scores)
-        if fully_masked_rows is not None and fully_masked_rows.any():
-            probs = probs.masked_fill(fully_masked_rows, 0.0)
-        probs = nn.functional.dropout(probs, p=dropout, training=module.training)
-        attn_weights[:, :, rows] = probs
-        attn_output[:, rows] = torch.matmul(probs, value_states).transpose(1, 2)
-        del block_query, scores, probs  # release this block before the next one is allocated
+        heads_per_step = kv_heads_per_step * num_key_value_groups
+        workspace = query.new_empty(batch_size * heads_per_step * largest_block * key_len, dtype=torch.float32)
+    for kv_start in range(0, num_key_value_heads, kv_heads_per_step):
+        kv_heads = slice(kv_start, min(kv_start + kv_heads_per_step, num_key_value_heads))
+        heads = slice(kv_heads.start * num_key_value_groups, kv_heads.stop * num_key_value_groups)
+        step_keys_t = repeat_kv(key_states[:, kv_heads], num_key_value_groups).transpose(-1, -2)
+        step_values = repeat_kv(value_states[:, kv_heads], num_key_value_groups)
+        step_mask = attention_mask
+        if attention_mask is not None and attention_mask.shape[1] > 1:
+            step_mask = attention_mask[:, heads]
+        for block in range(num_blocks):
+            # the last block takes the remaining rows: a block of a few rows would run on another matmul kernel
+            end = query_len if block == num_blocks - 1 else (block + 1) * rows_per_block
+            rows = slice(block * rows_per_block, end)
+            block_query = query[:, heads, rows].to(torch.float32) * scaling
+            scores_shape = block_query.shape[:-1] + (key_len,)
+            scores = None if workspace is None else workspace[: scores_shape.numel()].view(scores_shape)
+            scores = torch.matmul(block_query, step_keys_t, out=scores)
+            fully_masked_rows = None
+            if step_mask is not None:
+                block_mask = step_mask if step_mask.shape[-2] == 1 else step_mask[..., rows, :]
+                fully_masked_rows = _add_attention_mask_(scores, block_mask)
+            if workspace is None:
+                probs = nn.functional.softmax(scores, dim=-1)
+            else:
+                probs = torch.softmax(scores, dim=-1, out=scores)
+            if fully_masked_rows is not None and fully_masked_rows.any():
+                probs = probs.masked_fill(fully_masked_rows, 0.0)
+            probs = nn.functional.dropout(probs, p=dropout, training=module.training)
+            attn_weights[:, heads, rows] = probs
+            attn_output[:, rows, heads] = torch.matmul(probs, step_values).transpose(1, 2)
+            del block_query, scores, probs  # release this block before the next one is allocated
+        del step_keys_t, step_values
 
     return attn_output, attn_weights
