@@ -48,6 +48,7 @@ from transformers.testing_utils import (
 from ..qwen2.test_modeling_qwen2_half_precision import (
     HALF_PRECISION_DTYPES,
     Qwen2HalfPrecisionModelTester,
+    assert_greedy_batches_agree,
     assert_greedy_continuations_agree,
     assert_no_degenerate_run,
     eager_sdpa_tolerance,
@@ -266,17 +267,6 @@ class LlavaOnevisionHalfPrecisionEagerAttentionTest(unittest.TestCase):
     def setUp(self):
         self.model_tester = LlavaOnevisionHalfPrecisionModelTester(self)
 
-    def assert_greedy_outputs_agree(self, tokens, scores, expected_tokens, expected_scores, dtype):
-        for row in range(tokens.shape[0]):
-            assert_greedy_continuations_agree(
-                self,
-                tokens[row],
-                scores[row],
-                expected_tokens[row],
-                expected_scores[row],
-                **eager_sdpa_tolerance(dtype),
-            )
-
     @parameterized.expand(HALF_PRECISION_DTYPES, name_func=parameterized_name)
     def test_overflow_anyres_batch_eager_matches_sdpa(self, _, dtype_name):
         # Two images of different sizes, hence different numbers of anyres tiles and image tokens, in one batch
@@ -307,7 +297,9 @@ class LlavaOnevisionHalfPrecisionEagerAttentionTest(unittest.TestCase):
         )
 
         assert_no_degenerate_run(self, tokens_eager, scores_eager)
-        self.assert_greedy_outputs_agree(tokens_eager, scores_eager, tokens_sdpa, scores_sdpa, dtype)
+        assert_greedy_batches_agree(
+            self, tokens_eager, scores_eager, tokens_sdpa, scores_sdpa, **eager_sdpa_tolerance(dtype)
+        )
 
     @parameterized.expand(HALF_PRECISION_DTYPES, name_func=parameterized_name)
     def test_overflow_output_attentions_over_image_tokens(self, _, dtype_name):
@@ -360,7 +352,7 @@ class LlavaOnevisionHalfPrecisionEagerAttentionTest(unittest.TestCase):
 
         tokens_eager, scores_eager = outputs["eager"]
         assert_no_degenerate_run(self, tokens_eager, scores_eager)
-        self.assert_greedy_outputs_agree(tokens_eager, scores_eager, *outputs["sdpa"], dtype)
+        assert_greedy_batches_agree(self, tokens_eager, scores_eager, *outputs["sdpa"], **eager_sdpa_tolerance(dtype))
 
     @parameterized.expand(HALF_PRECISION_DTYPES, name_func=parameterized_name)
     @require_torchvision
@@ -381,7 +373,9 @@ class LlavaOnevisionHalfPrecisionEagerAttentionTest(unittest.TestCase):
 
         assert_no_degenerate_run(self, tokens_eager, scores_eager)
         self.assertFalse(is_exclamation_run(processor.decode(tokens_eager[0], skip_special_tokens=True)))
-        self.assert_greedy_outputs_agree(tokens_eager, scores_eager, tokens_sdpa, scores_sdpa, dtype)
+        assert_greedy_batches_agree(
+            self, tokens_eager, scores_eager, tokens_sdpa, scores_sdpa, **eager_sdpa_tolerance(dtype)
+        )
 
     @parameterized.expand(HALF_PRECISION_DTYPES, name_func=parameterized_name)
     @require_torchvision
@@ -414,7 +408,9 @@ class LlavaOnevisionHalfPrecisionEagerAttentionTest(unittest.TestCase):
         tokens_sdpa, scores_sdpa, answer_sdpa = answers["sdpa"]
         assert_no_degenerate_run(self, tokens_eager, scores_eager)
         self.assertFalse(is_exclamation_run(answer_eager), answer_eager)
-        self.assert_greedy_outputs_agree(tokens_eager, scores_eager, tokens_sdpa, scores_sdpa, dtype)
+        assert_greedy_batches_agree(
+            self, tokens_eager, scores_eager, tokens_sdpa, scores_sdpa, **eager_sdpa_tolerance(dtype)
+        )
         if torch.equal(tokens_eager, tokens_sdpa):
             self.assertEqual(answer_eager, answer_sdpa)
 

@@ -112,6 +112,15 @@ def assert_greedy_continuations_agree(test_case, tokens, scores, expected_tokens
     )
 
 
+def assert_greedy_batches_agree(test_case, tokens, scores, expected_tokens, expected_scores, atol, rtol):
+    """`assert_greedy_continuations_agree` for every row of a batch: `tokens` `(batch, new_tokens)`, `scores`
+    `(batch, new_tokens, vocab)`."""
+    for row in range(tokens.shape[0]):
+        assert_greedy_continuations_agree(
+            test_case, tokens[row], scores[row], expected_tokens[row], expected_scores[row], atol, rtol
+        )
+
+
 def reference_eager_attention_forward(module, query, key, value, attention_mask, scaling, dropout=0.0, **kwargs):
     """Transformers' eager attention formula as written before the half-precision fix, used as a float32 reference."""
     key_states = modeling_qwen2.repeat_kv(key, module.num_key_value_groups)
@@ -342,15 +351,9 @@ class Qwen2HalfPrecisionEagerAttentionTest(unittest.TestCase):
         )
 
         assert_no_degenerate_run(self, tokens_eager, scores_eager)
-        for row in range(input_ids.shape[0]):
-            assert_greedy_continuations_agree(
-                self,
-                tokens_eager[row],
-                scores_eager[row],
-                tokens_sdpa[row],
-                scores_sdpa[row],
-                **eager_sdpa_tolerance(dtype),
-            )
+        assert_greedy_batches_agree(
+            self, tokens_eager, scores_eager, tokens_sdpa, scores_sdpa, **eager_sdpa_tolerance(dtype)
+        )
 
     @parameterized.expand(HALF_PRECISION_DTYPES, name_func=parameterized_name)
     def test_overflow_output_attentions(self, _, dtype_name):
