@@ -16,31 +16,36 @@
 Regenerates `patches/`, the `git format-patch` series that brings the overlay's fix into a transformers 5.23.0 source
 tree, from this repository's sources:
 
-- 0001: `modular_qwen2.py` defines the overlay's `eager_attention_forward` (and the private helpers it calls), and every
-  modeling file that transformers' modular converter regenerates from it;
-- 0002: the upstream-style regression tests (`tests/models/qwen2`, `tests/models/llava_onevision`);
-- 0003: `examples/rag/README.md`.
+- 0001: the Qwen2 family's eager attention (`FAMILY`): `modular_qwen2.py` defines the overlay's
+  `eager_attention_forward`, `modular_qwen2_moe.py` imports it, the hand-written `modeling_qwen2_vl.py` copies it
+  (`# Copied from`), the generated modeling files of the family carry it, and the modular files of models outside the
+  family that inherited it import the stock function explicitly so that their generated code stays byte-identical;
+- 0002: the upstream-style tests in `tests/models/<model>/test_modeling_*.py` (`UPSTREAM_TESTS`);
+- 0003: `examples/rag/README.md` (a separate PR, marked so in `patches/series`).
 
-The function text comes from `src/transformers_overlay/integrations/stable_eager_attention.py` (extracted with `ast`),
-so the patches and the overlay cannot drift. The generated modeling files are exactly what upstream's
-`utils/modular_model_converter.py` produces: `--record-layout` runs the converter (which lives in a transformers git
-checkout, not in the sdist) and records where it places each function in `patches/modular-layout.json`; the plain run
-replays that layout, so regenerating needs neither the converter nor a network connection once the pristine tree is
-cached. Author, dates and base are fixed, so regenerating gives byte-identical patches.
+The function text comes from `src/transformers_overlay/integrations/stable_eager_attention.py` (extracted with `ast`,
+then given upstream's `**kwargs: Unpack[TransformersKwargs]` and `module.num_key_value_groups`), so the patches and
+the overlay cannot drift. The generated files are the pristine ones with the stock function replaced, renamed the way
+the converter renames what it copies. `--verify-with-converter` proves that this is what upstream's
+`utils/modular_model_converter.py` produces: it converts every modular file of the family and every modular file that
+imports from a family modeling file, once on the pristine tree and once on the patched one, and checks that the two
+conversions differ exactly by the function replacement in the family's files and not at all elsewhere (comparing two
+conversions by the same converter keeps the proof valid for a converter version that formats other code differently).
+Author, dates and base are fixed, so regenerating gives byte-identical patches.
 
 usage:
     python scripts/make_patches.py                  # rewrite patches/
     python scripts/make_patches.py --check          # exit 1 when patches/ is stale
     python scripts/make_patches.py --pristine-tree  # print the cached pristine tree (downloading it when absent)
-    python scripts/make_patches.py --record-layout --converter-dir TRANSFORMERS_CHECKOUT/utils
+    python scripts/make_patches.py --verify-with-converter --converter-dir TRANSFORMERS_CHECKOUT/utils
 """
 
 from __future__ import annotations
 
 import argparse
 import ast
+import difflib
 import filecmp
-import json
 import os
 import re
 import shutil
@@ -55,18 +60,49 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 OVERLAY_SOURCE = REPO / "src" / "transformers_overlay" / "integrations" / "stable_eager_attention.py"
 PATCH_DIR = REPO / "patches"
-LAYOUT_NAME = "modular-layout.json"
 
 TRANSFORMERS_VERSION = "5.23.0"
-# Author/committer date of every patch and the DEP-3 Last-Update: bump it when the content of the series changes.
-PATCH_DATE = "2026-11-25"
-AUTHOR = ("transformers-overlay", "transformers-overlay@users.noreply.invalid")
+# Author/committer date of every patch: bump it when the content of the series changes.
+PATCH_DATE = "2026-11-30"
+# The project's git identity (the repository's user.name/user.email), fixed so the series is reproducible.
+AUTHOR = ("Seed 893c5ed4 maintainers", "maintainers@users.noreply.r-seed-893c5ed4.example")
 
-MODULAR_QWEN2 = "src/transformers/models/qwen2/modular_qwen2.py"
 EAGER = "eager_attention_forward"
-# Where the modular file imports each name the overlay functions use from their module's imports (None: already there).
-MODULAR_IMPORTS = {"torch": None, "nn": None, "repeat_kv": "llama.modeling_llama"}
-TEST_DIRS = ("tests/models/qwen2", "tests/models/llava_onevision")
+MODELS = "src/transformers/models"
+
+# The family: model types whose attention has Qwen2's q/k biases and whose modeling module defines its own
+# `eager_attention_forward`. Each gets the fix one way: `define` (the modular file defines it), `import` (the modular
+# file imports it from the model named), `copy` (hand-written modeling file, `# Copied from` the model named) or
+# `inherit` (nothing to edit: the converter copies it from the modeling file its modular file imports from).
+# qwen2_audio is left out: its own eager function serves a Whisper-style encoder (no k_proj bias); its language model
+# is a Qwen2ForCausalLM, which the qwen2 row fixes.
+FAMILY = {
+    "qwen2": ("define", None),
+    "qwen2_moe": ("import", "qwen2"),
+    "qwen2_vl": ("copy", "qwen2"),
+    "qwen2_5_vl": ("inherit", "qwen2_vl"),
+    "qwen2_5_omni": ("inherit", "qwen2_5_vl"),
+}
+# The converter's cased model names (from the configuration class names).
+CASED_NAMES = {
+    "qwen2": "Qwen2",
+    "qwen2_moe": "Qwen2Moe",
+    "qwen2_vl": "Qwen2VL",
+    "qwen2_5_vl": "Qwen2_5_VL",
+    "qwen2_5_omni": "Qwen2_5Omni",
+}
+# Models outside the family whose modular files took the stock function through a family class: they import it
+# explicitly from a modeling file outside the family whose stock function has the same text, so that their generated
+# code stays byte-identical. `--verify-with-converter` finds any that is missing here.
+KEEP_STOCK = {
+    "cwm": "llama",
+    "deepseek_ocr2": "llama",
+    "ministral": "llama",
+    "qwen3": "llama",
+}
+# Names the overlay function may use, and what the family's modeling files provide them as.
+ALLOWED_IMPORTS = {"torch", "nn", "repeat_kv"}
+UPSTREAM_TESTS = ("tests/models",)
 RAG_README = "examples/rag/README.md"
 UPSTREAM_BUG = "https://github.com/huggingface/transformers/issues/33615"
 
@@ -75,16 +111,16 @@ class PatchError(Exception):
     """A one-line reason why the series cannot be generated."""
 
 
+def modular_path(model: str) -> str:
+    return f"{MODELS}/{model}/modular_{model}.py"
+
+
+def modeling_path(model: str) -> str:
+    return f"{MODELS}/{model}/modeling_{model}.py"
+
+
 # --------------------------------------------------------------------------------------------------------------------
-# Overlay source
-
-
-@dataclass(frozen=True)
-class OverlayFunction:
-    name: str
-    text: str
-    calls: tuple[str, ...]  # other overlay functions it references
-    imports: tuple[str, ...]  # names it uses from the overlay module's imports
+# The function, as the overlay defines it and as upstream's files carry it
 
 
 def _referenced_names(node: ast.AST) -> set[str]:
@@ -99,105 +135,192 @@ def _imported_names(tree: ast.Module) -> set[str]:
     return names
 
 
-def _node_text(lines: list[str], node: ast.stmt) -> str:
+def _node_span(node: ast.stmt) -> tuple[int, int]:
+    """0-based first line (decorators included) and end line of a top-level statement."""
     start = min([node.lineno] + [decorator.lineno for decorator in getattr(node, "decorator_list", [])])
-    return "".join(lines[start - 1 : node.end_lineno])
+    return start - 1, node.end_lineno
 
 
-def overlay_functions(source: Path = OVERLAY_SOURCE) -> list[OverlayFunction]:
-    """
-    `eager_attention_forward` and every module-level function of `source` it calls, directly or not, in source order,
-    each with its exact source text (what the patches must contain).
-    """
+SIGNATURE_KWARGS = ("    **kwargs,\n):\n", "    **kwargs: Unpack[TransformersKwargs],\n):\n")
+KV_GROUPS = ('getattr(module, "num_key_value_groups", 1)', "module.num_key_value_groups")
+
+
+def overlay_eager_text(source: Path = OVERLAY_SOURCE) -> str:
+    """The exact source text of the overlay's `eager_attention_forward`, checked to be self-contained."""
     text = source.read_text(encoding="utf-8")
     tree = ast.parse(text)
-    lines = text.splitlines(keepends=True)
     functions = {node.name: node for node in tree.body if isinstance(node, ast.FunctionDef)}
     if EAGER not in functions:
         raise PatchError(f"{source} defines no {EAGER}")
-    imported = _imported_names(tree)
-    needed, queue = set(), [EAGER]
-    while queue:
-        name = queue.pop()
-        if name not in needed:
-            needed.add(name)
-            queue.extend(sorted(_referenced_names(functions[name]) & functions.keys()))
-    return [
-        OverlayFunction(
-            name=name,
-            text=_node_text(lines, node),
-            calls=tuple(sorted((_referenced_names(node) & needed) - {name})),
-            imports=tuple(sorted(_referenced_names(node) & imported)),
-        )
-        for name, node in functions.items()
-        if name in needed
-    ]
+    node = functions[EAGER]
+    used = _referenced_names(node)
+    helpers = sorted(used & (functions.keys() - {EAGER}))
+    if helpers:
+        raise PatchError(f"{EAGER} calls {helpers}: the patch takes a self-contained function")
+    unknown = sorted((used & _imported_names(tree)) - ALLOWED_IMPORTS)
+    if unknown:
+        raise PatchError(f"{EAGER} uses {unknown}, which the family's modeling files do not import")
+    start, end = _node_span(node)
+    return "".join(text.splitlines(keepends=True)[start:end])
 
 
-def call_graph(functions: list[OverlayFunction]) -> dict[str, list[str]]:
+def upstream_eager_text(overlay_text: str) -> str:
     """
-    Each overlay function with the other overlay functions and the imported names it references: what the modular
-    converter's placement of the functions (and of imported helpers such as `repeat_kv`) depends on.
+    The overlay function as upstream writes it: `**kwargs: Unpack[TransformersKwargs]` (the overlay cannot import
+    `TransformersKwargs` on every transformers version it supports) and `module.num_key_value_groups` (the overlay
+    also serves SigLIP, whose attention has no such attribute; every family attention module defines it).
     """
-    return {function.name: sorted(function.calls + function.imports) for function in functions}
+    old, new = SIGNATURE_KWARGS
+    if overlay_text.count(old) != 1:
+        raise PatchError(f"{EAGER} no longer ends its signature with `**kwargs,`: update SIGNATURE_KWARGS")
+    text = overlay_text.replace(old, new)
+    old, new = KV_GROUPS
+    if old not in text:
+        raise PatchError(f"{EAGER} no longer reads `{old}`: update KV_GROUPS")
+    return text.replace(old, new)
+
+
+def converter_rename(text: str, old_model: str, new_model: str) -> str:
+    """
+    What `utils/modular_model_converter.py` does to code it copies from `modeling_<old_model>.py` into
+    `modeling_<new_model>.py`: model names in code, comments and strings follow the new model (`Qwen2` -> `Qwen2Moe`).
+    """
+    cased = {name: CASED_NAMES[name] for name in (old_model, new_model)}
+    patterns = {old_model: new_model, old_model.upper(): new_model.upper(), cased[old_model]: cased[new_model]}
+    regex = re.compile(f"(?<![a-z0-9])({'|'.join(map(re.escape, patterns))})(.|$)", re.IGNORECASE | re.DOTALL)
+    return regex.sub(lambda match: patterns.get(match.group(1), cased[new_model]) + match.group(2), text)
+
+
+def family_source(model: str) -> str:
+    """The model whose modeling file the family member's function comes from (`qwen2_5_omni` -> `qwen2`)."""
+    while FAMILY[model][1] is not None:
+        model = FAMILY[model][1]
+    return model
+
+
+def generated_eager_text(model: str, function: str) -> str:
+    """The function as the converter writes it into `modeling_<model>.py`, one renaming step per modular import."""
+    chain = [model]
+    while FAMILY[chain[-1]][1] is not None:
+        chain.append(FAMILY[chain[-1]][1])
+    for parent, child in zip(reversed(chain[1:]), reversed(chain[:-1])):
+        if FAMILY[child][0] in ("import", "inherit"):
+            function = converter_rename(function, parent, child)
+    return function
 
 
 # --------------------------------------------------------------------------------------------------------------------
-# Top-level blocks of a Python file
+# Source edits
 
 
-@dataclass
-class Block:
-    key: str  # function/class name, or `stmt:<first line>` for other statements
-    gap: str  # the lines between the previous block and this one
-    text: str  # the block, from its first decorator or attached comment to its last line
-
-
-def split_blocks(text: str) -> tuple[list[Block], str]:
-    """Splits a module into its top-level statements (comments directly above a statement belong to it)."""
-    lines = text.splitlines(keepends=True)
-    blocks, position = [], 0
-    for node in ast.parse(text).body:
-        start = min([node.lineno] + [decorator.lineno for decorator in getattr(node, "decorator_list", [])]) - 1
-        while start > position and lines[start - 1].startswith("#"):
-            start -= 1
-        name = getattr(node, "name", None)
-        key = name if name is not None else "stmt:" + lines[node.lineno - 1].strip()
-        blocks.append(Block(key, "".join(lines[position:start]), "".join(lines[start : node.end_lineno])))
-        position = node.end_lineno
-    return blocks, "".join(lines[position:])
-
-
-def join_blocks(blocks: list[Block], tail: str) -> str:
-    return "".join(block.gap + block.text for block in blocks) + tail
-
-
-def stock_eager_dependencies(text: str) -> set[str]:
-    """Module-level functions of a generated file that its (stock) `eager_attention_forward` calls, e.g. `repeat_kv`."""
+def replace_function(text: str, name: str, new_text: str, path: str) -> str:
+    """`text` with its top-level function `name` (from its first decorator to its last line) replaced by `new_text`."""
     tree = ast.parse(text)
-    functions = {node.name: node for node in tree.body if isinstance(node, ast.FunctionDef)}
-    if EAGER not in functions:
-        return set()
-    return (_referenced_names(functions[EAGER]) & functions.keys()) - {EAGER}
-
-
-# --------------------------------------------------------------------------------------------------------------------
-# modular_qwen2.py
+    node = next((n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == name), None)
+    if node is None:
+        raise PatchError(f"{path} defines no {name}: not the {TRANSFORMERS_VERSION} file this series expects")
+    lines = text.splitlines(keepends=True)
+    start, end = _node_span(node)
+    return "".join(lines[:start] + [new_text] + lines[end:])
 
 
 def _sort_key(name: str) -> tuple[int, str]:
     # ruff's isort order inside `from x import (...)`: CONSTANTS, Classes, then functions and variables
-    return (0 if name.isupper() else 1 if name[:1].isupper() else 2, name)
+    return (0 if name.isupper() else 1 if name[:1].isupper() else 2, name.lower(), name)
 
 
-def edit_modular_qwen2(text: str, functions: list[OverlayFunction]) -> str:
+@dataclass
+class ImportStatement:
+    module: str  # "..llama.modeling_llama"
+    names: dict[str, str]  # imported name -> trailing comment ("" for none)
+    multiline: bool
+
+    def render(self) -> str:
+        names = sorted(self.names, key=_sort_key)
+        one_line = f"from {self.module} import {', '.join(names)}"
+        if not self.multiline and len(names) == 1 and self.names[names[0]]:
+            return f"{one_line}  {self.names[names[0]]}\n"
+        if not self.multiline and not any(self.names.values()) and len(one_line) <= 119:
+            return one_line + "\n"
+        body = "".join(f"    {name},{'  ' + self.names[name] if self.names[name] else ''}\n" for name in names)
+        return f"from {self.module} import (\n{body})\n"
+
+
+def _parse_import(lines: list[str], node: ast.ImportFrom) -> ImportStatement:
+    start, end = _node_span(node)
+    comments = {}
+    for line in lines[start:end]:
+        match = re.match(r"\s*(?:from \S+ import )?(\w+),?\s*(#.*)?$", line.rstrip("\n"))
+        if match and match.group(2):
+            comments[match.group(1)] = match.group(2)
+    module = "." * node.level + (node.module or "")
+    return ImportStatement(module, {a.name: comments.get(a.name, "") for a in node.names}, end - start > 1)
+
+
+def take_eager_from(text: str, model: str, path: str) -> str:
     """
-    `modular_qwen2.py` with its own `eager_attention_forward` (and helpers) instead of Llama's, defined right before
-    `Qwen2Attention`, and the imports they need.
+    A modular file that imports `eager_attention_forward` from `..<model>.modeling_<model>` (and from nowhere else), so
+    that the converter copies that model's function; `# noqa: F401` when only the converter uses the import.
     """
     tree = ast.parse(text)
     lines = text.splitlines(keepends=True)
-    llama_import = next(
+    source = f"..{model}.modeling_{model}"
+    relative = [n for n in tree.body if isinstance(n, ast.ImportFrom) and n.level == 2]
+    if not relative:
+        raise PatchError(f"{path} imports nothing from another model: not the file this series expects")
+    used = any(
+        isinstance(n, ast.Name) and n.id == EAGER
+        for stmt in tree.body
+        if not isinstance(stmt, (ast.Import, ast.ImportFrom))
+        for n in ast.walk(stmt)
+    )
+    replacements = {}  # statement index in tree.body -> new text ("" removes it)
+    target = None
+    for node in relative:
+        statement = _parse_import(lines, node)
+        if statement.module == source:
+            target = node
+        elif EAGER in statement.names:
+            del statement.names[EAGER]
+            replacements[node] = statement.render() if statement.names else ""
+    comment = "" if used else "# noqa: F401"
+    if target is not None:
+        statement = _parse_import(lines, target)
+        statement.names[EAGER] = comment
+        statement.multiline = statement.multiline or (bool(comment) and len(statement.names) > 1)
+        replacements[target] = statement.render()
+        insert_before = None
+    else:
+        # a new statement, where isort puts it among the `from ..x` imports
+        new = ImportStatement(source, {EAGER: comment}, False).render()
+        after = [n for n in relative if ("." * n.level + n.module) < source]
+        anchor = after[-1] if after else None
+        insert_before = (relative[0], new) if anchor is None else None
+        if anchor is not None:
+            replacements[anchor] = replacements.get(anchor, _render_original(lines, anchor)) + new
+    result, position = [], 0
+    for node in tree.body:
+        start, end = _node_span(node)
+        if insert_before is not None and node is insert_before[0]:
+            result += lines[position:start] + [insert_before[1]]
+            position = start
+        if node in replacements:
+            result += lines[position:start] + [replacements[node]]
+            position = end
+    return "".join(result + lines[position:])
+
+
+def _render_original(lines: list[str], node: ast.stmt) -> str:
+    start, end = _node_span(node)
+    return "".join(lines[start:end])
+
+
+def edit_modular_qwen2(text: str, function: str) -> str:
+    """`modular_qwen2.py` with its own `eager_attention_forward` instead of Llama's, defined before `Qwen2Attention`."""
+    path = modular_path("qwen2")
+    tree = ast.parse(text)
+    lines = text.splitlines(keepends=True)
+    llama = next(
         (
             n
             for n in tree.body
@@ -206,76 +329,57 @@ def edit_modular_qwen2(text: str, functions: list[OverlayFunction]) -> str:
         None,
     )
     attention = next((n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "Qwen2Attention"), None)
-    if llama_import is None or attention is None or EAGER not in {alias.name for alias in llama_import.names}:
-        raise PatchError(f"{MODULAR_QWEN2} is not the 5.23.0 file this series expects (Llama import, Qwen2Attention)")
-
-    needed_imports = {name for function in functions for name in function.imports}
-    unknown = sorted(needed_imports - MODULAR_IMPORTS.keys())
-    if unknown:
-        raise PatchError(f"the overlay functions use {unknown}: add where the modular imports them to MODULAR_IMPORTS")
-    llama_names = {alias.name for alias in llama_import.names} - {EAGER}
-    llama_names |= {name for name in needed_imports if MODULAR_IMPORTS[name] == "llama.modeling_llama"}
-    new_import = "from ..llama.modeling_llama import (\n"
-    new_import += "".join(f"    {name},\n" for name in sorted(llama_names, key=_sort_key)) + ")\n"
-
-    attention_start = min([attention.lineno] + [d.lineno for d in attention.decorator_list]) - 1
-    definitions = "\n\n".join(function.text for function in functions) + "\n\n"  # two blank lines around each
+    if llama is None or attention is None or EAGER not in {alias.name for alias in llama.names}:
+        raise PatchError(
+            f"{path} is not the {TRANSFORMERS_VERSION} file this series expects (Llama import, Qwen2Attention)"
+        )
+    statement = _parse_import(lines, llama)
+    del statement.names[EAGER]
+    statement.names.setdefault("repeat_kv", "")
+    import_start, import_end = _node_span(llama)
+    attention_start = _node_span(attention)[0]
     return "".join(
-        lines[: llama_import.lineno - 1]
-        + [new_import]
-        + lines[llama_import.end_lineno : attention_start]
-        + [definitions]
+        lines[:import_start]
+        + [statement.render()]
+        + lines[import_end:attention_start]
+        + [function, "\n\n"]
         + lines[attention_start:]
     )
 
 
-# --------------------------------------------------------------------------------------------------------------------
-# Generated modeling files: record the converter's layout, replay it
+def edit_modular_import(text: str, model: str, source: str) -> str:
+    return take_eager_from(text, source, modular_path(model))
 
 
-def layout_entries(pristine: str, generated: str, functions: list[OverlayFunction]) -> list[dict]:
-    """
-    Where the converter put the overlay functions and the stock eager's dependencies in `generated`: one entry per
-    such function, in file order, with the text it carries (`overlay` or `pristine`) and the block it precedes.
-    """
-    overlay_text = {function.name: function.text for function in functions}
-    pristine_blocks = {block.key: block.text for block in split_blocks(pristine)[0]}
-    tracked = set(overlay_text) | stock_eager_dependencies(pristine) | {EAGER}
-    blocks, _ = split_blocks(generated)
-    entries = []
-    for index, block in enumerate(blocks):
-        if block.key not in tracked:
-            continue
-        if block.text == overlay_text.get(block.key):
-            source = "overlay"
-        elif block.text == pristine_blocks.get(block.key):
-            source = "pristine"
+def edit_hand_written(text: str, model: str, source: str, function: str) -> str:
+    """A hand-written modeling file whose function becomes a `# Copied from` copy of `source`'s."""
+    copied = f"# Copied from transformers.models.{source}.modeling_{source}.{EAGER}\n"
+    return replace_function(text, EAGER, copied + function, modeling_path(model))
+
+
+def patched_files(tree: Path, function: str) -> dict[str, str]:
+    """Every file 0001 changes, with its patched text, computed from the pristine `tree`."""
+
+    def read(path: str) -> str:
+        return (tree / path).read_text(encoding="utf-8")
+
+    files = {}
+    for model, (how, source) in FAMILY.items():
+        if how == "define":
+            files[modular_path(model)] = edit_modular_qwen2(read(modular_path(model)), function)
+        elif how == "import":
+            files[modular_path(model)] = edit_modular_import(read(modular_path(model)), model, source)
+        if how == "copy":
+            files[modeling_path(model)] = edit_hand_written(read(modeling_path(model)), model, source, function)
         else:
-            raise PatchError(f"the converter wrote a {block.key} that is neither the overlay's nor the stock one")
-        before = next((b.key for b in blocks[index + 1 :] if b.key not in tracked), None)
-        entries.append({"name": block.key, "source": source, "before": before})
-    return entries
-
-
-def replay_layout(pristine: str, entries: list[dict], functions: list[OverlayFunction]) -> str:
-    """Rebuilds a generated file from its pristine text and the recorded layout (the inverse of `layout_entries`)."""
-    overlay_text = {function.name: function.text for function in functions}
-    tracked = set(overlay_text) | stock_eager_dependencies(pristine) | {EAGER}
-    blocks, tail = split_blocks(pristine)
-    pristine_text = {block.key: block.text for block in blocks}
-    waiting = {}  # anchor -> the functions placed right before it, in file order
-    for entry in entries:
-        text = overlay_text[entry["name"]] if entry["source"] == "overlay" else pristine_text[entry["name"]]
-        # top-level functions are separated by two blank lines (ruff format)
-        waiting.setdefault(entry["before"], []).append(Block(entry["name"], "\n\n", text))
-    result = []
-    for block in blocks:
-        if block.key not in tracked:
-            result += waiting.pop(block.key, []) + [block]
-    result += waiting.pop(None, [])
-    if waiting:
-        raise PatchError(f"layout anchors {sorted(waiting)} are not in the pristine file")
-    return join_blocks(result, tail)
+            path = modeling_path(model)
+            files[path] = replace_function(read(path), EAGER, generated_eager_text(model, function), path)
+    for model, source in KEEP_STOCK.items():
+        files[modular_path(model)] = take_eager_from(read(modular_path(model)), source, modular_path(model))
+    for path, text in files.items():
+        if text == read(path):
+            raise PatchError(f"the series would leave {path} unchanged: FAMILY/KEEP_STOCK are out of date")
+    return dict(sorted(files.items()))
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -363,95 +467,44 @@ def commit(tree: Path, message: str, paths: list[str]) -> None:
 # Commit messages
 
 
-def dep3(description: str) -> str:
-    return (
-        f"\nDescription: {description}\n"
-        "Origin: vendor, transformers-overlay, generated by scripts/make_patches.py\n"
-        f"Bug: {UPSTREAM_BUG}\n"
-        "Forwarded: no\n"
-        f"Last-Update: {PATCH_DATE}\n"
-    )
-
-
-EVIDENCE = """\
-Measured on CPU (torch 2.13, transformers 5.23): random Qwen2ForCausalLM (8 query / 2 key-value heads of dim 128),
-q_proj/k_proj biases set to b on the lowest-frequency rotary dims of every head, 128 teacher-forced tokens; cells
-are KL(float32 reference || candidate) / top-1 agreement with the reference:
-
-    float16   b=30           b=60           b=120          b=250
-    before    2.4e-3 / 92%   4.7e-2 / 59%   NaN            NaN
-    after     9.3e-5 / 99%   1.4e-3 / 91%   8.5e-2 / 78%   0.12 / 8%
-    sdpa      8.6e-5 / 98%   1.3e-3 / 91%   8.4e-2 / 80%   0.12 / 9%
-
-    bfloat16  b=30           b=60           b=120
-    before    0.16 / 41%     0.30 / 11%     0.64 / 9%
-    after     2.0e-3 / 97%   2.7e-2 / 76%   0.31 / 34%
-    sdpa      3.4e-3 / 93%   2.6e-2 / 64%   0.31 / 34%
-
-At large b even sdpa drifts from float32: q and k themselves are stored in half precision, which no attention
-kernel can undo; the target is sdpa's accuracy. Rejected alternatives: scaling q before the matmul in the input
-dtype only moves the overflow point (0.20 KL at b=250), and replacing infinite scores by 0 (the Qwen2-VL fix)
-breaks left padding (batched and single greedy outputs differ)."""
-
-
-def modeling_message(generated: dict[str, list[dict]]) -> str:
-    with_function = sorted(path for path, entries in generated.items() if _has(entries, EAGER, "overlay"))
-    helpers_only = sorted(path for path in generated if path not in with_function)
-    lines = [
-        "Qwen2: compute eager attention scores, mask and softmax in float32",
-        "",
-        "Qwen2's eager attention (Llama's `eager_attention_forward`) computes `query @ key^T` in the input dtype and",
-        "scales it afterwards. Qwen2-7B's large q/k biases push float16 scores past 65504: they become inf, softmax",
-        'turns the row into NaN and greedy decoding emits token 0 ("!"), as llava-hf/llava-onevision-qwen2-7b-ov-hf',
-        'does with attn_implementation="eager" in float16 while sdpa, flash attention and the 0.5B model work. In',
-        "bfloat16 the same scores lose precision (Qwen2-7B wikitext2 perplexity 7.99 with eager, 7.13 with sdpa, #33317).",
-        "",
-        "`modular_qwen2.py` now defines its own `eager_attention_forward`: the query is scaled first, scores, mask",
-        "and softmax are computed in float32 and the probabilities cast back to the value dtype, block by block over",
-        "the query rows and a few key/value heads at a time (repeated with `repeat_kv` as before), so the float32",
-        "copies stay a fraction of the returned weights: peak memory 1.1-1.3x the weights against 2-5x before. The",
-        "`(attn_output, attn_weights)` contract is unchanged and float32 inputs give the previous result up to",
-        "float32 rounding. A boolean mask means True = attend (it used to be added as 0/1), and a row whose keys are",
-        "all masked gets zeros instead of NaN.",
-        "",
-        EVIDENCE,
-        "",
-        "The modeling files are regenerated with utils/modular_model_converter.py. Every model whose modular",
-        "inherits Qwen2's attention, directly or through Qwen3 and its descendants, gets the new function:",
-        *(f"    {path}" for path in with_function),
-    ]
-    if helpers_only:
-        lines += [
-            "In these files the converter only adds the private helpers: their text attention takes",
-            "`eager_attention_forward` from another parent first, so it keeps the stock function:",
-            *(f"    {path}" for path in helpers_only),
+def modeling_message(files: list[str]) -> str:
+    family = ", ".join(FAMILY)
+    return "\n".join(
+        [
+            "Qwen2 family: compute eager attention scores and softmax in float32",
+            "",
+            "Qwen2's large q/k biases push `query @ key^T` past float16's range in eager attention: the scores become",
+            'inf, the softmax turns them into NaN and generation emits token 0 ("!"). In bfloat16 the same scores lose',
+            "precision (Qwen2-7B wikitext2 perplexity 7.9967 with eager against 7.13 with sdpa, #33317). sdpa and flash",
+            "attention accumulate in float32 and are not affected; eager is what `output_attentions=True` needs.",
+            "",
+            "The family's `eager_attention_forward` now scales the query, computes the scores, adds the mask and takes",
+            "the softmax in float32 (autocast disabled, so the upcast also holds under mixed precision), then casts",
+            "the weights back to the value dtype before `@ value`, as before. The signature and the returned",
+            "`(attn_output, attn_weights)` are unchanged, and float32 inputs give the previous result.",
+            "",
+            f"Scope: the models with Qwen2's q/k-biased attention and their own eager function ({family}).",
+            "modular_qwen2.py defines the function, modular_qwen2_moe.py imports it, the hand-written",
+            "modeling_qwen2_vl.py copies it (`# Copied from`), and qwen2_5_vl / qwen2_5_omni inherit it through their",
+            "modular files. Models that used to inherit Qwen2's function without its biases (qwen3, ministral, cwm,",
+            "deepseek_ocr2) now import Llama's explicitly, so their generated code is unchanged.",
+            "",
+            "Files:",
+            *(f"    {path}" for path in files),
         ]
-    lines += [
-        "",
-        "SigLIP is left out: LLaVA-OneVision 0.5B shares the 7B's SigLIP vision tower and works in float16 eager,",
-        "so the tower is not what breaks, and SigLIP's `eager_attention_forward` is the source of six `# Copied from`",
-        "copies (pixtral, idefics3, git, opt, idefics, idefics/vision) that utils/check_copies.py keeps identical.",
-        dep3("compute Qwen2 eager attention in float32 so float16/bfloat16 scores cannot overflow"),
-    ]
-    return "\n".join(lines)
-
-
-def _has(entries: list[dict], name: str, source: str) -> bool:
-    return any(entry["name"] == name and entry["source"] == source for entry in entries)
+    )
 
 
 def tests_message(paths: list[str]) -> str:
     return "\n".join(
         [
-            "Qwen2, LLaVA-OneVision: regression tests for eager attention in float16/bfloat16",
+            "Qwen2 family: tests for float16/bfloat16 eager attention",
             "",
-            "Tiny models built offline with Qwen2-7B's head layout (28 query / 4 key-value heads of dim 128) and large",
-            "q/k biases on the low-frequency rotary dims, so the stock eager attention overflows in float16. The tests",
-            "compare eager with a float32 reference and with sdpa (logits, generation, attention weights, padding,",
-            "KV cache, boolean masks, gradients) and fail without the previous commit. New files, next to the existing",
-            "test_modeling_*.py:",
+            "Small tester configs with q/k biases large enough to overflow float16 scores: eager must stay finite and",
+            "as close to the float32 model as sdpa in float16 and bfloat16, including the returned attention weights.",
+            "The slow integration test checks Qwen2-7B-Instruct's float16 eager generation against sdpa.",
+            "",
             *(f"    {path}" for path in paths),
-            dep3("regression tests for the float32 eager attention of Qwen2 and LLaVA-OneVision"),
         ]
     )
 
@@ -464,9 +517,6 @@ def rag_message() -> str:
             "The RAG paper (arXiv:2005.11401) links to examples/rag, which no longer exists. The README names the RAG",
             "classes of the library, links the model documentation and the research-projects repository that now",
             "holds the fine-tuning and evaluation scripts, and gives a quick start.",
-            dep3("redirect README for the examples/rag link of the RAG paper").replace(
-                f"Bug: {UPSTREAM_BUG}\n", "Bug: https://arxiv.org/abs/2005.11401 (links to examples/rag)\n"
-            ),
         ]
     )
 
@@ -475,61 +525,40 @@ def rag_message() -> str:
 # Generation
 
 
-def load_layout(patch_dir: Path) -> dict:
-    path = patch_dir / LAYOUT_NAME
-    if not path.is_file():
-        raise PatchError(f"{path} is missing: record it with --record-layout --converter-dir TRANSFORMERS/utils")
-    return json.loads(path.read_text(encoding="utf-8"))
-
-
-def check_layout(layout: dict, functions: list[OverlayFunction]) -> None:
-    """The recorded placement holds only for the call graph it was recorded with, and for text the converter keeps."""
-    if layout["overlay_call_graph"] != call_graph(functions):
-        raise PatchError(
-            "the overlay functions or the names they use changed since the layout was recorded: "
-            "re-record it with --record-layout --converter-dir TRANSFORMERS/utils"
-        )
-    # the converter renames model names (`qwen2` -> `qwen3`, ...) in copied code, comments and strings
-    models = {path.split("/")[3] for path in layout["generated_files"]}
-    for function in functions:
-        mentioned = sorted(
-            model for model in models if re.search(rf"(?<![a-z0-9]){model}", function.text, re.IGNORECASE)
-        )
-        if mentioned:
-            raise PatchError(f"{function.name} mentions {mentioned}, which the converter would rename: reword it")
-
-
 def test_files() -> list[str]:
     paths = []
-    for directory in TEST_DIRS:
+    for directory in UPSTREAM_TESTS:
         paths += sorted(
-            str(path.relative_to(REPO)) for path in (REPO / directory).glob("*.py") if path.name != "__init__.py"
+            str(path.relative_to(REPO)) for path in (REPO / directory).rglob("test_*.py") if path.is_file()
         )
     return paths
 
 
+SERIES_HEADER = (
+    f"# transformers-version: {TRANSFORMERS_VERSION}\n"
+    "# Generated by scripts/make_patches.py; apply with scripts/apply_patches.sh. Do not edit by hand.\n"
+    "# PR 1 (the fix and its tests, patches/PR.md):\n"
+)
+SEPARATE_PR = "# PR 2, separate and unrelated to the fix (examples/rag redirect):\n"
+
+
 def build_series(output: Path) -> list[str]:
     """Writes the series for the current sources into `output`; returns the patch file names in order."""
-    functions = overlay_functions()
-    layout = load_layout(PATCH_DIR)
-    check_layout(layout, functions)
+    function = upstream_eager_text(overlay_eager_text())
     with tempfile.TemporaryDirectory() as scratch:
         tree = work_copy(Path(scratch) / "transformers")
         base = git(tree, "rev-parse", "HEAD", capture=True).strip()
 
-        modular = tree / MODULAR_QWEN2
-        modular.write_text(edit_modular_qwen2(modular.read_text(encoding="utf-8"), functions), encoding="utf-8")
-        for path, entries in layout["generated_files"].items():
-            target = tree / path
-            target.write_text(replay_layout(target.read_text(encoding="utf-8"), entries, functions), encoding="utf-8")
-        commit(tree, modeling_message(layout["generated_files"]), [MODULAR_QWEN2, *layout["generated_files"]])
+        files = patched_files(tree, function)
+        for path, text in files.items():
+            (tree / path).write_text(text, encoding="utf-8")
+        commit(tree, modeling_message(list(files)), list(files))
 
         tests = test_files()
-        if tests:
-            for path in tests:
-                (tree / path).parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(REPO / path, tree / path)
-            commit(tree, tests_message(tests), tests)
+        for path in tests:
+            (tree / path).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(REPO / path, tree / path)
+        commit(tree, tests_message(tests), tests)
 
         (tree / RAG_README).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(REPO / RAG_README, tree / RAG_README)
@@ -551,10 +580,7 @@ def build_series(output: Path) -> list[str]:
         )
         names = sorted(path.name for path in output.glob("*.patch"))
     (output / "series").write_text(
-        f"# transformers-version: {TRANSFORMERS_VERSION}\n"
-        "# Generated by scripts/make_patches.py; apply with scripts/apply_patches.sh. Do not edit by hand.\n"
-        + "".join(f"{name}\n" for name in names),
-        encoding="utf-8",
+        SERIES_HEADER + "".join(f"{name}\n" for name in names[:2]) + SEPARATE_PR + f"{names[2]}\n", encoding="utf-8"
     )
     return names
 
@@ -587,117 +613,74 @@ def write_series() -> list[str]:
 
 
 # --------------------------------------------------------------------------------------------------------------------
-# Recording the layout with upstream's converter
+# Verification with upstream's converter
+
+CONVERT_ALL = """\
+import sys
+from pathlib import Path
+
+from modular_model_converter import convert_modular_file
+
+output = Path(sys.argv[1])
+for modular in sys.argv[2:]:
+    model = Path(modular).parent.name
+    (output / model).mkdir(parents=True, exist_ok=True)
+    for file_type, (formatted, _) in convert_modular_file(modular).items():
+        (output / model / f"{file_type.replace('*', '')}_{model}.py").write_text(formatted, encoding="utf-8")
+"""
 
 
-def pinned_ruff_version(tree: Path) -> str:
-    match = re.search(r'"ruff==([^"]+)"', (tree / "setup.py").read_text(encoding="utf-8"))
-    if match is None:
-        raise PatchError("cannot find the ruff pin in setup.py")
-    return match.group(1)
+def converted_modular_files(tree: Path) -> list[str]:
+    """The family's modular files, those the series edits, and every modular file importing from a family module."""
+    family = "|".join(map(re.escape, FAMILY))
+    pattern = re.compile(rf"from (?:\.\.|transformers\.models\.)({family})\.modeling_\1 import")
+    found = {modular_path(model) for model in [*FAMILY, *KEEP_STOCK] if (tree / modular_path(model)).is_file()}
+    for path in (tree / MODELS).glob("*/modular_*.py"):
+        if pattern.search(path.read_text(encoding="utf-8")):
+            found.add(str(path.relative_to(tree)))
+    return sorted(found)
 
 
-def run_converter(tree: Path, converter_dir: Path, python: str, modular_files: list[str]) -> None:
-    env = dict(os.environ, PYTHONPATH=str(tree / "src"))
-    subprocess.run(
-        [python, str(converter_dir / "modular_model_converter.py"), "--num_workers", "1", *modular_files],
-        cwd=tree,
-        env=env,
-        check=True,
-        stdout=subprocess.DEVNULL,
-    )
+def convert(tree: Path, converter_dir: Path, python: str, modular_files: list[str], output: Path) -> None:
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tree / "src"), str(converter_dir)]))
+    subprocess.run([python, "-c", CONVERT_ALL, str(output), *modular_files], cwd=tree, env=env, check=True)
 
 
-def changed_files(tree: Path) -> list[str]:
-    return sorted(git(tree, "diff", "--name-only", capture=True).split())
-
-
-def dependents(tree: Path, models: set[str], done: set[str]) -> list[str]:
-    """Modular files, not converted yet, that import from the modeling file of one of `models`."""
-    pattern = re.compile(
-        r"from (?:\.\.|\.\.\.models\.|transformers\.models\.)(" + "|".join(map(re.escape, models)) + r")\.modeling_\1 "
-    )
-    found = []
-    for path in sorted((tree / "src/transformers/models").glob("*/modular_*.py")):
-        relative = str(path.relative_to(tree))
-        if relative not in done and pattern.search(path.read_text(encoding="utf-8")):
-            found.append(relative)
-    return found
-
-
-def undefined_names(tree: Path, paths: list[str]) -> list[str]:
-    ruff = shutil.which("ruff")
-    if ruff is None:
-        raise PatchError("ruff is needed to check the converter's output")
-    result = subprocess.run(
-        [ruff, "check", "--isolated", "--select", "F821", "--output-format", "concise", *paths],
-        cwd=tree,
-        capture_output=True,
-        text=True,
-    )
-    return [line for line in result.stdout.splitlines() if ": F821" in line]
-
-
-def record_layout(converter_dir: Path, python: str, baseline: bool = True) -> dict:
+def verify_with_converter(converter_dir: Path, python: str) -> list[str]:
     """
-    Runs upstream's modular converter on the edited `modular_qwen2.py` and, round after round, on every modular file
-    that imports from a modeling file it changed; checks that the same converter reproduces the pristine files, that
-    the result defines every name it uses, and records where each function went.
+    Problems found by converting the affected modular files on the pristine and the patched tree with upstream's
+    converter: the conversions must differ exactly by the function replacement in the family's generated files.
     """
     if not (converter_dir / "modular_model_converter.py").is_file():
         raise PatchError(f"{converter_dir} has no modular_model_converter.py (give a transformers checkout's utils/)")
-    functions = overlay_functions()
+    function = upstream_eager_text(overlay_eager_text())
+    problems = []
     with tempfile.TemporaryDirectory() as scratch:
-        tree = work_copy(Path(scratch) / "patched")
-        ruff_version = subprocess.run(["ruff", "--version"], capture_output=True, text=True).stdout.split()[-1]
-        if ruff_version != pinned_ruff_version(tree):
-            raise PatchError(f"ruff {ruff_version} on PATH, the converter needs ruff {pinned_ruff_version(tree)}")
-        modular = tree / MODULAR_QWEN2
-        modular.write_text(edit_modular_qwen2(modular.read_text(encoding="utf-8"), functions), encoding="utf-8")
-
-        # every modular file that imports, directly or not, from a modeling file the edit may change; the converter
-        # orders them so that each is converted after the files it imports from
-        converted, frontier = [MODULAR_QWEN2], [MODULAR_QWEN2]
-        while frontier:
-            frontier = dependents(tree, {path.split("/")[3] for path in frontier}, set(converted))
-            converted += frontier
-        print(f"converting {len(converted)} modular files with {converter_dir / 'modular_model_converter.py'}")
-        run_converter(tree, converter_dir, python, converted)
-        generated = [p for p in changed_files(tree) if p != MODULAR_QWEN2]
-
-        broken = undefined_names(tree, generated)
-        if broken:
-            raise PatchError(
-                "the converter's output uses undefined names (a helper the stock eager pulled in, such as repeat_kv, "
-                "is no longer in the modeling files others inherit from): " + "; ".join(broken)
-            )
-        if baseline:
-            reference = work_copy(Path(scratch) / "baseline")
-            print(f"checking that the converter reproduces the {len(converted)} pristine conversions")
-            run_converter(reference, converter_dir, python, converted)
-            drift = changed_files(reference)
-            if drift:
-                raise PatchError(f"this converter does not reproduce transformers {TRANSFORMERS_VERSION}: {drift}")
-
-        pristine = pristine_tree()
-        layout = {}
-        for path in generated:
-            before = (pristine / path).read_text(encoding="utf-8")
-            after = (tree / path).read_text(encoding="utf-8")
-            entries = layout_entries(before, after, functions)
-            if replay_layout(before, entries, functions) != after:
-                raise PatchError(f"the recorded layout does not reproduce the converter's {path}")
-            removed = {b.key for b in split_blocks(before)[0]} - {b.key for b in split_blocks(after)[0]}
-            if removed:
-                raise PatchError(f"the converter removes {sorted(removed)} from {path}")
-            layout[path] = entries
-    return {
-        "comment": "Where utils/modular_model_converter.py places the overlay functions; written by make_patches.py.",
-        "transformers_version": TRANSFORMERS_VERSION,
-        "overlay_call_graph": call_graph(functions),
-        "converted_modular_files": converted,
-        "generated_files": layout,
-    }
+        root = Path(scratch)
+        pristine, patched = work_copy(root / "pristine"), work_copy(root / "patched")
+        for path, text in patched_files(patched, function).items():
+            (patched / path).write_text(text, encoding="utf-8")
+        modular_files = converted_modular_files(patched)
+        print(
+            f"converting {len(modular_files)} modular files twice with {converter_dir / 'modular_model_converter.py'}"
+        )
+        convert(pristine, converter_dir, python, modular_files, root / "out-pristine")
+        convert(patched, converter_dir, python, modular_files, root / "out-patched")
+        family_files = {f"{model}/modeling_{model}.py": model for model in FAMILY if FAMILY[model][0] != "copy"}
+        for before in sorted((root / "out-pristine").rglob("*.py")):
+            relative = str(before.relative_to(root / "out-pristine"))
+            after = (root / "out-patched" / relative).read_text(encoding="utf-8")
+            expected = before.read_text(encoding="utf-8")
+            if relative in family_files:
+                model = family_files[relative]
+                expected = replace_function(expected, EAGER, generated_eager_text(model, function), relative)
+            if after != expected:
+                diff = difflib.unified_diff(
+                    expected.splitlines(), after.splitlines(), "expected", "converted", lineterm=""
+                )
+                problems.append(f"{relative}:\n" + "\n".join(list(diff)[:40]))
+        print(f"compared {len(list((root / 'out-pristine').rglob('*.py')))} generated files")
+    return problems
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -707,12 +690,11 @@ def main(argv: list[str] | None = None) -> int:
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--check", action="store_true", help="exit 1 when patches/ differs from a regeneration")
     mode.add_argument("--pristine-tree", action="store_true", help="print the cached pristine tree (download it)")
-    mode.add_argument("--record-layout", action="store_true", help="re-record the layout with upstream's converter")
-    parser.add_argument("--converter-dir", type=Path, help="utils/ of a transformers 5.23.0 git checkout")
-    parser.add_argument("--converter-python", default=sys.executable, help="python with libcst for the converter")
-    parser.add_argument(
-        "--no-baseline", action="store_true", help="skip re-converting the pristine files (halves --record-layout)"
+    mode.add_argument(
+        "--verify-with-converter", action="store_true", help="prove the generated files with upstream's converter"
     )
+    parser.add_argument("--converter-dir", type=Path, help="utils/ of a transformers git checkout")
+    parser.add_argument("--converter-python", default=sys.executable, help="python with libcst for the converter")
     args = parser.parse_args(argv)
     try:
         if args.pristine_tree:
@@ -723,14 +705,17 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"patches/ is stale ({', '.join(stale)}): run python scripts/make_patches.py", file=sys.stderr)
                 return 1
             print("patches/ is up to date")
+        elif args.verify_with_converter:
+            if args.converter_dir is None:
+                parser.error("--verify-with-converter needs --converter-dir")
+            problems = verify_with_converter(args.converter_dir.expanduser(), args.converter_python)
+            for problem in problems:
+                print(problem, file=sys.stderr)
+            if problems:
+                print(f"make_patches: {len(problems)} generated files differ from the converter's", file=sys.stderr)
+                return 1
+            print("the converter's output differs from the pristine conversion exactly by the series' changes")
         else:
-            if args.record_layout:
-                if args.converter_dir is None:
-                    parser.error("--record-layout needs --converter-dir")
-                layout = record_layout(args.converter_dir.expanduser(), args.converter_python, not args.no_baseline)
-                PATCH_DIR.mkdir(exist_ok=True)
-                (PATCH_DIR / LAYOUT_NAME).write_text(json.dumps(layout, indent=2) + "\n", encoding="utf-8")
-                print(f"recorded {len(layout['generated_files'])} generated files in patches/{LAYOUT_NAME}")
             names = write_series()
             print("wrote patches/series: " + ", ".join(names))
     except (PatchError, subprocess.CalledProcessError) as error:

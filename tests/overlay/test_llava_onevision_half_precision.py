@@ -13,7 +13,7 @@
 # limitations under the License.
 """
 Testing suite for LLaVA-OneVision's eager attention in float16/bfloat16 when the query-key scores of its Qwen2 text
-model exceed the float16 range (see `tests/models/qwen2/test_modeling_qwen2_half_precision.py`): the multimodal path
+model exceed the float16 range (see `tests/overlay/test_qwen2_half_precision.py`): the multimodal path
 of `llava-hf/llava-onevision-qwen2-7b-ov-hf`, where stock eager float16 answers "!!!!...". Tests whose name contains
 `overflow` run such a model in half precision.
 """
@@ -45,7 +45,7 @@ from transformers.testing_utils import (
     torch_device,
 )
 
-from ..qwen2.test_modeling_qwen2_half_precision import (
+from .test_qwen2_half_precision import (
     HALF_PRECISION_DTYPES,
     Qwen2HalfPrecisionModelTester,
     assert_greedy_batches_agree,
