@@ -40,7 +40,7 @@ from transformers_overlay import _activation, patching
 from transformers_overlay._activation import OPT_OUT_ENV, PATCHED_MODULES
 
 
-STABLE_MODULE = "transformers_overlay.integrations.stable_eager_attention"
+STABLE_MODULE = "transformers_overlay.integrations.overlay_eager_attention"
 PTH_FILE = Path(__file__).parents[2] / "src" / "transformers_overlay.pth"
 OVERLAY_WARNING = "Warning: transformers-overlay"
 
@@ -274,9 +274,9 @@ class PatchingApiTest(unittest.TestCase):
         self.functions = self.current_functions()
         with patching.disabled():
             self.stock = self.current_functions()
-        from transformers_overlay.integrations.stable_eager_attention import eager_attention_forward
+        from transformers_overlay.integrations.overlay_eager_attention import overlay_eager_attention_forward
 
-        self.stable = eager_attention_forward
+        self.stable = overlay_eager_attention_forward
 
     def tearDown(self):
         for model_type, function in self.functions.items():

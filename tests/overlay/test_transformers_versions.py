@@ -40,7 +40,9 @@ if is_torch_available():
     from transformers import Qwen2Config, Qwen2ForCausalLM
     from transformers.models.qwen2 import modeling_qwen2
     from transformers.models.siglip import modeling_siglip
-    from transformers_overlay.integrations.stable_eager_attention import eager_attention_forward
+    from transformers_overlay.integrations.overlay_eager_attention import (
+        overlay_eager_attention_forward as eager_attention_forward,
+    )
 
     # 4.48-4.52: the mask comes from `_update_causal_mask`, and sdpa falls back to eager for `output_attentions`.
     MASK_FROM_UPDATE_CAUSAL_MASK = hasattr(modeling_qwen2.Qwen2Model, "_update_causal_mask")
