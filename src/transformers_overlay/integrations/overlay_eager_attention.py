@@ -15,7 +15,7 @@ __all__ = ["float32_attention_probabilities", "overlay_eager_attention_forward"]
 def float32_attention_probabilities(query, key, attention_mask, scaling):
     """float32 `softmax((query * scaling) @ key^T + mask)` `(batch, heads, q, k)`; keys grouped, not repeated."""
     batch_size, num_heads, query_length, head_dim = query.shape
-    num_kv_heads, key_length = key.shape[1], key.shape[-2]
+    num_kv_heads = key.shape[1]
     with torch.autocast(device_type=query.device.type, enabled=False):
         grouped = query.float().reshape(batch_size, num_kv_heads, -1, head_dim) * scaling
         scores = torch.matmul(grouped, key.float().transpose(-1, -2)).view(batch_size, num_heads, query_length, -1)
