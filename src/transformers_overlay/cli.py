@@ -6,7 +6,6 @@ this interpreter runs stock eager attention by default (opt-out set, import hook
 """
 
 import argparse
-import importlib
 import os
 import sys
 
@@ -89,15 +88,12 @@ def _import_patched_modules() -> str | None:
     Imports the transformers modules of the model table, as a user's model would (the import hook acts here); a model
     this transformers does not have yet is skipped (its status line says so).
     """
+    from . import patching
     from .model_table import MODEL_TABLE
 
-    for entry in MODEL_TABLE.values():
+    for model_type, entry in MODEL_TABLE.items():
         try:
-            importlib.import_module(entry.module)
-        except ModuleNotFoundError as error:
-            if error.name is not None and entry.module.startswith(error.name):
-                continue
-            return f"cannot import {entry.module}: {error!r}"
+            patching._import_modeling_module(model_type)
         except Exception as error:
             return f"cannot import {entry.module}: {error!r}"
     return None

@@ -490,17 +490,20 @@ def tiny_qwen2_5_omni_thinker(tokenizer, bias: float, seed: int = 0):
         text_config=_small_text_config(tokenizer, mrope_section=MROPE_SECTION),
         vision_config=_small_vision_config(),
         audio_config=audio_config,
-        **_vision_token_ids(tokenizer),
     )
-    if not hasattr(config, "vision_start_token_id"):  # read by the 3-D position ids, missing from the thinker config
-        config.vision_start_token_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
+    for name, token_id in _vision_token_ids(tokenizer).items():  # not all of them are thinker config fields
+        if getattr(config, name, None) != token_id:
+            setattr(config, name, token_id)
     return _tiny_model(Qwen2_5OmniThinkerForConditionalGeneration, config, bias, seed)
 
 
 def _vision_token_ids(tokenizer) -> dict:
+    """Image/video placeholders of the tiny tokenizer; vision start/end are ids past it (the vocabulary has 8 spare)."""
     return {
         "image_token_id": tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
         "video_token_id": tokenizer.convert_tokens_to_ids(VIDEO_TOKEN),
+        "vision_start_token_id": len(tokenizer),
+        "vision_end_token_id": len(tokenizer) + 1,
     }
 
 

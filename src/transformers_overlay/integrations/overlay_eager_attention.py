@@ -6,7 +6,7 @@ Remove this file when merging main brings the real module.
 import torch
 from torch import nn
 
-from .stable_eager_attention import eager_attention_forward as overlay_eager_attention_forward
+from .stable_eager_attention import eager_attention_forward
 
 
 __all__ = ["float32_attention_probabilities", "overlay_eager_attention_forward"]
@@ -25,3 +25,8 @@ def float32_attention_probabilities(query, key, attention_mask, scaling):
             else:
                 scores = scores + attention_mask
         return nn.functional.softmax(scores, dim=-1)
+
+
+def overlay_eager_attention_forward(module, query, key, value, attention_mask, scaling, dropout=0.0, **kwargs):
+    """The reference function (shim)."""
+    return eager_attention_forward(module, query, key, value, attention_mask, scaling, dropout, **kwargs)
