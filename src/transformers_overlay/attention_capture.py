@@ -260,6 +260,17 @@ def _rows_per_block(batch_size: int, num_heads: int, key_length: int) -> int:
     return max(1, _MAX_SCORE_ELEMENTS // (batch_size * num_heads * key_length))
 
 
+def _attention_probabilities(query, key, attention_mask, scaling: float, rows, mask_rows):
+    """
+    float32 softmax rows `softmax((Q[rows] * scaling) @ K^T + M)` of shape `(batch, num_heads, n_rows, key_length)`,
+    with the overlay's float32 attention kernel (grouped-query keys are never repeated).
+    """
+    block_mask = None
+    if attention_mask is not None:
+        block_mask = attention_mask if attention_mask.shape[-2] == 1 else attention_mask[..., mask_rows, :]
+    return float32_attention_probabilities(query[:, :, rows], key, block_mask, scaling)
+
+
 def _reduce_heads(probs: torch.Tensor, heads) -> torch.Tensor:
     if heads is None:
         return probs
@@ -344,6 +355,7 @@ class _Recorder:
         scaling = kwargs.get("scaling")
         scaling = getattr(module, "scaling", query.shape[-1] ** -0.5) if scaling is None else scaling
 
+        key = key.to(torch.float32)
         n_queries = len(selection.query_positions)
         block = _rows_per_block(batch_size, num_heads, key_length)
         device = query.device if self.to is None else self.to
@@ -351,10 +363,7 @@ class _Recorder:
         for start in range(0, n_queries, block):
             rows = _sub_rows(selection.rows, start, start + block)
             mask_rows = slice(start, start + block) if implicit else rows
-            block_mask = None
-            if attention_mask is not None:
-                block_mask = attention_mask if attention_mask.shape[-2] == 1 else attention_mask[..., mask_rows, :]
-            probs = float32_attention_probabilities(query[:, :, rows], key, block_mask, scaling)
+            probs = _attention_probabilities(query, key, attention_mask, scaling, rows, mask_rows)
             kept = _select_columns(_reduce_heads(probs, selection.heads), selection.columns)
             del probs  # release this block before the next one is allocated
             if n_queries <= block:
