@@ -1,6 +1,0 @@
-"""Binds the stable eager attention into `transformers.models.siglip.modeling_siglip` (see `transformers_overlay.patching`)."""
-
-from ...integrations.stable_eager_attention import eager_attention_forward
-
-
-__all__ = ["eager_attention_forward"]
