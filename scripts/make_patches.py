@@ -625,8 +625,9 @@ output = Path(sys.argv[1])
 for modular in sys.argv[2:]:
     model = Path(modular).parent.name
     (output / model).mkdir(parents=True, exist_ok=True)
-    for file_type, (formatted, _) in convert_modular_file(modular).items():
-        (output / model / f"{file_type.replace('*', '')}_{model}.py").write_text(formatted, encoding="utf-8")
+    for file_type, (formatted, checked) in convert_modular_file(modular).items():
+        text = formatted or checked  # the converter writes the unformatted code when ruff cannot format it
+        (output / model / f"{file_type.replace('*', '')}_{model}.py").write_text(text, encoding="utf-8")
 """
 
 
@@ -646,7 +647,7 @@ def convert(tree: Path, converter_dir: Path, python: str, modular_files: list[st
     subprocess.run([python, "-c", CONVERT_ALL, str(output), *modular_files], cwd=tree, env=env, check=True)
 
 
-def verify_with_converter(converter_dir: Path, python: str) -> list[str]:
+def verify_with_converter(converter_dir: Path, python: str, models: list[str] | None = None) -> list[str]:
     """
     Problems found by converting the affected modular files on the pristine and the patched tree with upstream's
     converter: the conversions must differ exactly by the function replacement in the family's generated files.
@@ -661,6 +662,8 @@ def verify_with_converter(converter_dir: Path, python: str) -> list[str]:
         for path, text in patched_files(patched, function).items():
             (patched / path).write_text(text, encoding="utf-8")
         modular_files = converted_modular_files(patched)
+        if models:
+            modular_files = [path for path in modular_files if path.split("/")[3] in models]
         print(
             f"converting {len(modular_files)} modular files twice with {converter_dir / 'modular_model_converter.py'}"
         )
@@ -695,6 +698,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--converter-dir", type=Path, help="utils/ of a transformers git checkout")
     parser.add_argument("--converter-python", default=sys.executable, help="python with libcst for the converter")
+    parser.add_argument("--models", nargs="+", help="--verify-with-converter: only these models' modular files")
     args = parser.parse_args(argv)
     try:
         if args.pristine_tree:
@@ -708,7 +712,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.verify_with_converter:
             if args.converter_dir is None:
                 parser.error("--verify-with-converter needs --converter-dir")
-            problems = verify_with_converter(args.converter_dir.expanduser(), args.converter_python)
+            problems = verify_with_converter(args.converter_dir.expanduser(), args.converter_python, args.models)
             for problem in problems:
                 print(problem, file=sys.stderr)
             if problems:
