@@ -18,9 +18,14 @@ PATCHED_MODULES = {
 }
 
 
+# Values of OPT_OUT_ENV that leave the overlay on. `transformers_overlay.pth` repeats this rule so that an opted-out
+# interpreter does not even import this module (tests/overlay/test_activation.py checks that the two agree).
+OPT_OUT_OFF_VALUES = ("", "0", "false", "no")
+
+
 def opt_out_is_set() -> bool:
-    """True when the opt-out variable is set to anything but "", "0", "false" or "no"."""
-    return os.environ.get(OPT_OUT_ENV, "").strip().lower() not in ("", "0", "false", "no")
+    """True when the opt-out variable is set to anything but "", "0", "false" or "no" (case and spaces ignored)."""
+    return os.environ.get(OPT_OUT_ENV, "").strip().lower() not in OPT_OUT_OFF_VALUES
 
 
 class _PatchingLoader:
@@ -65,11 +70,15 @@ class PatchOnImportFinder:
 
 
 def import_hook_installed() -> bool:
+    """True when `PatchOnImportFinder` is on `sys.meta_path` in this interpreter."""
     return any(isinstance(finder, PatchOnImportFinder) for finder in sys.meta_path)
 
 
 def install_import_hook() -> None:
-    """Puts `PatchOnImportFinder` first on `sys.meta_path`, unless the opt-out is set. Never raises."""
+    """
+    Puts `PatchOnImportFinder` first on `sys.meta_path`, unless the opt-out is set (the `.pth` file does not even call
+    this then). Never raises.
+    """
     try:
         if opt_out_is_set() or import_hook_installed():
             return
