@@ -20,7 +20,7 @@ _LAZY_ATTRIBUTES = {
     "revert": "patching",
     "disabled": "patching",
     "status": "patching",
-    "eager_attention_forward": "integrations.stable_eager_attention",
+    "eager_attention_forward": "models.qwen2.modeling_qwen2",
     "capture_attention": "attention_capture",
     "image_token_positions": "attention_capture",
 }

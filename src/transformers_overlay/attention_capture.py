@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .integrations.stable_eager_attention import _add_attention_mask_
+from .integrations.overlay_eager_attention import float32_attention_probabilities
 
 
 __all__ = ["AttentionCapture", "AttentionStep", "capture_attention", "image_token_positions"]
@@ -260,22 +260,15 @@ def _rows_per_block(batch_size: int, num_heads: int, key_length: int) -> int:
     return max(1, _MAX_SCORE_ELEMENTS // (batch_size * num_heads * key_length))
 
 
-def _attention_probabilities(query, key_t, attention_mask, scaling: float, rows, mask_rows):
+def _attention_probabilities(query, key, attention_mask, scaling: float, rows, mask_rows):
     """
     float32 softmax rows `softmax((Q[rows] * scaling) @ K^T + M)` of shape `(batch, num_heads, n_rows, key_length)`,
-    computed per key/value group so that grouped-query keys are never repeated; rows whose keys are all masked are 0.
+    with the overlay's float32 attention kernel (grouped-query keys are never repeated).
     """
-    batch_size, num_heads, _, head_dim = query.shape
-    num_kv_heads, key_length = key_t.shape[1], key_t.shape[-1]
-    query_rows = query[:, :, rows].to(torch.float32) * scaling
-    n_rows = query_rows.shape[2]
-    grouped = query_rows.reshape(batch_size, num_kv_heads, (num_heads // num_kv_heads) * n_rows, head_dim)
-    scores = torch.matmul(grouped, key_t).view(batch_size, num_heads, n_rows, key_length)
-    if attention_mask is None:
-        return nn.functional.softmax(scores, dim=-1)
-    block_mask = attention_mask if attention_mask.shape[-2] == 1 else attention_mask[..., mask_rows, :]
-    fully_masked_rows = _add_attention_mask_(scores, block_mask)
-    return nn.functional.softmax(scores, dim=-1).masked_fill_(fully_masked_rows, 0.0)
+    block_mask = None
+    if attention_mask is not None:
+        block_mask = attention_mask if attention_mask.shape[-2] == 1 else attention_mask[..., mask_rows, :]
+    return float32_attention_probabilities(query[:, :, rows], key, block_mask, scaling)
 
 
 def _reduce_heads(probs: torch.Tensor, heads) -> torch.Tensor:
@@ -362,7 +355,7 @@ class _Recorder:
         scaling = kwargs.get("scaling")
         scaling = getattr(module, "scaling", query.shape[-1] ** -0.5) if scaling is None else scaling
 
-        key_t = key.to(torch.float32).transpose(-1, -2)
+        key = key.to(torch.float32)
         n_queries = len(selection.query_positions)
         block = _rows_per_block(batch_size, num_heads, key_length)
         device = query.device if self.to is None else self.to
@@ -370,7 +363,7 @@ class _Recorder:
         for start in range(0, n_queries, block):
             rows = _sub_rows(selection.rows, start, start + block)
             mask_rows = slice(start, start + block) if implicit else rows
-            probs = _attention_probabilities(query, key_t, attention_mask, scaling, rows, mask_rows)
+            probs = _attention_probabilities(query, key, attention_mask, scaling, rows, mask_rows)
             kept = _select_columns(_reduce_heads(probs, selection.heads), selection.columns)
             del probs  # release this block before the next one is allocated
             if n_queries <= block:

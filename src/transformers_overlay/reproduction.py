@@ -20,7 +20,7 @@ import torch
 
 from . import patching
 from ._activation import PATCHED_MODULES
-from .integrations.stable_eager_attention import eager_attention_forward as stable_eager_attention_forward
+from .integrations.overlay_eager_attention import overlay_eager_attention_forward as stable_eager_attention_forward
 
 
 # Qwen2-7B's attention layout.

@@ -11,8 +11,14 @@
 # WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
 # See the License for the specific language governing permissions and
 # limitations under the License.
-"""The numerical contract of the stable eager attention function, checked against transformers' own function."""
+"""
+The numerical contract of the stable eager attention: the reference function of the patch set
+(`stable_eager_attention.eager_attention_forward`) and the function the overlay installs
+(`overlay_eager_attention.overlay_eager_attention_forward`: mask extras, and the blocked path for CPU inference),
+checked against transformers' own function and against each other.
+"""
 
+import contextlib
 import unittest
 from unittest import mock
 
@@ -29,7 +35,11 @@ if is_torch_available():
     from transformers.models.qwen2 import modeling_qwen2
     from transformers.models.siglip import modeling_siglip
     from transformers_overlay import patching
-    from transformers_overlay.integrations import stable_eager_attention
+    from transformers_overlay.integrations import overlay_eager_attention
+    from transformers_overlay.integrations.overlay_eager_attention import (
+        blocked_eager_attention_forward,
+        overlay_eager_attention_forward,
+    )
     from transformers_overlay.integrations.stable_eager_attention import eager_attention_forward
 
     with patching.disabled():  # transformers' own functions, whether or not the overlay replaced them
@@ -47,6 +57,7 @@ if is_torch_available():
 
 
 HEAD_DIM = 16
+FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16) if is_torch_available() else ()
 # Qwen2-7B-like overflow: 8 dims of q and k both at 120 give q·k ≈ 8 * 120² = 115200 > 65504 (float16 max).
 OVERFLOW_HEAD_DIM = 128
 OVERFLOW_BIAS = 120.0
@@ -115,7 +126,6 @@ class StableEagerAttentionFloat32Test(unittest.TestCase):
                 ("mha", 4, 4),
                 ("gqa", 8, 2),
                 ("qwen2_7b", 28, 4),
-                ("gqa_uneven_head_steps", 10, 5),  # key/value heads taken 2, 2, then 1 at a time
             )
             for mask in ("none", "causal", "padding_broadcast", "causal_and_padding", "per_head")
         ]
@@ -233,35 +243,51 @@ class StableEagerAttentionHalfPrecisionTest(unittest.TestCase):
             self.assertLess(relative_error.item(), 1e-2)
 
 
+def attend_with_gradients(function, module, query, key, value, mask, scaling, **kwargs):
+    """`function` on inputs that require grad, so the overlay takes its reference path; results detached."""
+    query, key, value = (tensor.detach().requires_grad_() for tensor in (query, key, value))
+    return tuple(result.detach() for result in function(module, query, key, value, mask, scaling, **kwargs))
+
+
 @require_torch
-class StableEagerAttentionMaskTest(unittest.TestCase):
-    """Mask semantics: boolean masks, fully masked rows, longer masks, broadcast query dimension."""
+class OverlayMaskTest(unittest.TestCase):
+    """
+    The overlay's mask extras, on both of its paths: boolean masks mean True = attend, and a row whose keys are all
+    masked gets the uniform weights of transformers' own finite masks instead of NaN.
+    """
 
     def setUp(self):
         self.query, self.key, self.value = make_qkv(8, 2, query_len=10)
         self.module = AttentionModuleStub(4).eval()
 
-    def attend(self, mask, query=None):
+    def attend(self, mask, query=None, path="blocked"):
         query = self.query if query is None else query
-        return eager_attention_forward(self.module, query, self.key, self.value, mask, scaling=HEAD_DIM**-0.5)
+        arguments = (self.module, query, self.key, self.value, mask, HEAD_DIM**-0.5)
+        if path == "reference":
+            return attend_with_gradients(overlay_eager_attention_forward, *arguments)
+        with torch.no_grad():
+            return overlay_eager_attention_forward(*arguments)
 
-    @parameterized.expand([(torch.float32,), (torch.float16,), (torch.bfloat16,)])
-    def test_boolean_mask_equals_additive_mask(self, dtype):
+    @parameterized.expand([(dtype, path) for dtype in FLOAT_DTYPES for path in ("blocked", "reference")])
+    def test_boolean_mask_equals_additive_mask(self, dtype, path):
         self.query, self.key, self.value = (tensor.to(dtype) for tensor in (self.query, self.key, self.value))
         allowed = causal_mask(10, 10) == 0  # True = attend
         allowed[-1, ..., :3] = False  # and left padding in the last sequence
         additive = torch.zeros(allowed.shape, dtype=dtype, device=torch_device).masked_fill(~allowed, float("-inf"))
 
-        torch.testing.assert_close(self.attend(allowed), self.attend(additive), atol=0, rtol=0)
+        torch.testing.assert_close(self.attend(allowed, path=path), self.attend(additive, path=path), atol=0, rtol=0)
 
-    def test_boolean_mask_is_not_added_as_zero_one(self):
+    @parameterized.expand([("blocked",), ("reference",)])
+    def test_boolean_mask_is_not_added_as_zero_one(self, path):
         # Upstream adds a boolean mask as 0/1, which attends every key; True = attend must hide the future.
         allowed = causal_mask(10, 10) == 0
-        _, weights = self.attend(allowed)
+        _, weights = self.attend(allowed, path=path)
         self.assertTrue((weights.masked_select(~allowed) == 0).all())
 
-    @parameterized.expand([("neg_inf",), ("boolean",)])
-    def test_fully_masked_rows_are_zero_and_other_rows_unchanged(self, mask_type):
+    @parameterized.expand(
+        [(mask_type, path) for mask_type in ("neg_inf", "boolean") for path in ("blocked", "reference")]
+    )
+    def test_fully_masked_rows_get_the_weights_of_finite_masks(self, mask_type, path):
         allowed = (causal_mask(10, 10) == 0).expand(2, 1, 10, 10).clone()
         allowed[0, :, 3] = False  # row 3 of the first sequence sees no key
         allowed[1, :, :, :4] = False  # rows 0-3 of the second sequence see no key (left padding, as queries)
@@ -269,73 +295,148 @@ class StableEagerAttentionMaskTest(unittest.TestCase):
             mask = allowed
         else:
             mask = torch.zeros(allowed.shape, device=torch_device).masked_fill(~allowed, float("-inf"))
-        fully_masked = ~allowed.any(dim=-1)  # (batch, 1, q)
 
-        output, weights = self.attend(mask)
+        output, weights = self.attend(mask, path=path)
 
-        self.assertTrue(torch.isfinite(output).all() and torch.isfinite(weights).all())
-        self.assertTrue((weights.masked_select(fully_masked[..., None]) == 0).all())
-        self.assertTrue((output.masked_select(fully_masked.transpose(1, 2)[..., None]) == 0).all())
-        # Every other row is what upstream computes with transformers' finite masks.
+        # Stock eager gives NaN rows for the `-inf` mask; transformers' own masks use the dtype's minimum instead.
         finite_mask = torch.zeros(allowed.shape, device=torch_device).masked_fill(
             ~allowed, torch.finfo(torch.float32).min
         )
         expected_output, expected_weights = UPSTREAM_QWEN2_EAGER(
             self.module, self.query, self.key, self.value, finite_mask, HEAD_DIM**-0.5
         )
-        kept = ~fully_masked
-        torch.testing.assert_close(weights[kept.expand(-1, 8, -1)], expected_weights[kept.expand(-1, 8, -1)])
-        kept_rows = kept.transpose(1, 2).expand(-1, -1, 8)
-        torch.testing.assert_close(output[kept_rows], expected_output[kept_rows])
+        self.assertTrue(torch.isfinite(output).all() and torch.isfinite(weights).all())
+        torch.testing.assert_close(weights, expected_weights)
+        torch.testing.assert_close(output, expected_output)
+        fully_masked = ~allowed.any(dim=-1)  # (batch, 1, q): these rows are uniform
+        torch.testing.assert_close(weights[fully_masked.expand(-1, 8, -1)], torch.full((8 * 5, 10), 0.1))
 
-    def test_longer_mask_is_sliced_to_the_key_length(self):
+    @parameterized.expand([("blocked",), ("reference",)])
+    def test_longer_mask_is_sliced_to_the_key_length(self, path):
         mask = causal_mask(10, 10)
         longer = torch.cat([mask, torch.full((1, 1, 10, 5), float("-inf"), device=torch_device)], dim=-1)
         longer[..., 10:] = torch.randn(1, 1, 10, 5)  # whatever lies past the keys is ignored
 
-        torch.testing.assert_close(self.attend(longer), self.attend(mask), atol=0, rtol=0)
+        torch.testing.assert_close(self.attend(longer, path=path), self.attend(mask, path=path), atol=0, rtol=0)
 
-    @parameterized.expand([("additive",), ("boolean",)])
-    def test_mask_with_query_dimension_one_broadcasts(self, mask_type):
+    @parameterized.expand(
+        [(mask_type, path) for mask_type in ("additive", "boolean") for path in ("blocked", "reference")]
+    )
+    def test_mask_with_query_dimension_one_broadcasts(self, mask_type, path):
         query, _, _ = make_qkv(8, 2, query_len=100, key_len=10, seed=3)
         mask = padding_mask(2, 10, padded=4)
         if mask_type == "boolean":
             mask = mask == 0
         expanded = mask.expand(2, 1, 100, 10)
-        # Blocks of 16 rows, so the broadcast mask is reused across blocks.
-        with mock.patch.object(stable_eager_attention, "_query_rows_per_block", return_value=16):
-            broadcast_result = self.attend(mask, query)
-            expanded_result = self.attend(expanded, query)
+        # Blocks of 25 rows, so the broadcast mask is reused across blocks.
+        with mock.patch.object(overlay_eager_attention, "_MIN_ROWS_PER_BLOCK", 16):
+            broadcast_result = self.attend(mask, query, path=path)
+            expanded_result = self.attend(expanded, query, path=path)
 
         torch.testing.assert_close(broadcast_result, expanded_result, atol=0, rtol=0)
 
 
 @require_torch
-class StableEagerAttentionBlockingAndDropoutTest(unittest.TestCase):
-    @parameterized.expand([(torch.float32,), (torch.float16,), (torch.bfloat16,)])
-    def test_blocked_equals_single_block(self, dtype):
-        query, key, value = (tensor.to(dtype) for tensor in make_qkv(8, 2, query_len=100, seed=4))
+class BlockedPathTest(unittest.TestCase):
+    """The overlay's inference-only path equals the reference function, and runs only where it may."""
+
+    @parameterized.expand(
+        [
+            (
+                f"{str(dtype)[6:]}_{layout}_{query_len}x{key_len}",
+                dtype,
+                num_heads,
+                num_key_value_heads,
+                query_len,
+                key_len,
+            )
+            for dtype in FLOAT_DTYPES
+            for layout, num_heads, num_key_value_heads in (("mha", 4, 4), ("qwen2_7b", 28, 4))
+            for query_len, key_len in ((300, 300), (1, 300), (7, 300))  # prefill in 4 blocks, decode, a short chunk
+        ]
+    )
+    def test_equals_the_reference_function(self, _, dtype, num_heads, num_key_value_heads, query_len, key_len):
+        query, key, value = (
+            tensor.to(dtype) for tensor in make_qkv(num_heads, num_key_value_heads, query_len, key_len, seed=4)
+        )
+        module = AttentionModuleStub(num_heads // num_key_value_heads).eval()
+        mask = causal_mask(query_len, key_len, dtype=dtype) + padding_mask(2, key_len, padded=7, dtype=dtype)
+        # Both paths of the overlay see the mask its extras make (the first rows of the padded sequence add two
+        # minimums, which is -inf in float32).
+        reference_mask = overlay_eager_attention.float32_attention_mask(mask, key_len)
+
+        with torch.no_grad():
+            output, weights = blocked_eager_attention_forward(module, query, key, value, mask, HEAD_DIM**-0.5)
+            expected_output, expected_weights = eager_attention_forward(
+                module, query, key, value, reference_mask, HEAD_DIM**-0.5
+            )
+
+        self.assertEqual((output.dtype, weights.dtype), (dtype, dtype))
+        self.assertEqual((output.shape, weights.shape), (expected_output.shape, expected_weights.shape))
+        # The weights agree to float32 rounding before the cast; the output differs by the reference's rounding of
+        # the weights to `dtype` before `@ V` (the blocked path multiplies float32 probabilities).
+        tolerance = {torch.float32: 1e-6, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}[dtype]
+        torch.testing.assert_close(weights, expected_weights, atol=tolerance, rtol=tolerance)
+        torch.testing.assert_close(output, expected_output, atol=tolerance, rtol=tolerance)
+
+    @parameterized.expand([(torch.float16,), (torch.bfloat16,)])
+    def test_overflow_prone_inputs_match_the_reference(self, dtype):
+        query, key, value = make_overflow_prone_qkv(dtype, query_len=300)
+        module = AttentionModuleStub(2).eval()
+        mask = causal_mask(300, 300, dtype=dtype)
+        with torch.no_grad():
+            output, weights = blocked_eager_attention_forward(module, query, key, value, mask, OVERFLOW_HEAD_DIM**-0.5)
+            expected = eager_attention_forward(module, query, key, value, mask, OVERFLOW_HEAD_DIM**-0.5)
+
+        self.assertTrue(torch.isfinite(output).all() and torch.isfinite(weights).all())
+        torch.testing.assert_close((output, weights), expected, atol=2e-2, rtol=2e-2)
+
+    def test_block_count_does_not_change_the_weights(self):
+        query, key, value = make_qkv(8, 2, query_len=256, seed=5)
         module = AttentionModuleStub(4).eval()
-        mask = causal_mask(100, 100, dtype=dtype) + padding_mask(2, 100, padded=7, dtype=dtype)
+        mask = causal_mask(256, 256)
 
-        def attend(rows_per_block):
-            with mock.patch.object(stable_eager_attention, "_query_rows_per_block", return_value=rows_per_block):
-                return eager_attention_forward(module, query, key, value, mask, scaling=HEAD_DIM**-0.5)
+        def attend(min_rows_per_block):
+            with (
+                torch.no_grad(),
+                mock.patch.object(overlay_eager_attention, "_MIN_ROWS_PER_BLOCK", min_rows_per_block),
+            ):
+                return blocked_eager_attention_forward(module, query, key, value, mask, HEAD_DIM**-0.5)
 
-        single_output, single_weights = attend(100)
-        for rows_per_block in (8, 24, 64):
-            output, weights = attend(rows_per_block)
-            torch.testing.assert_close(output, single_output, atol=0, rtol=0)
-            torch.testing.assert_close(weights, single_weights, atol=0, rtol=0)
+        torch.testing.assert_close(attend(16), attend(256), atol=1e-6, rtol=1e-6)  # 4 blocks of 64 rows vs 1 block
 
+    def test_runs_only_for_cpu_inference(self):
+        query, key, value = make_qkv(8, 2, query_len=10)
+        module = AttentionModuleStub(4)
+        cases = {
+            "no_grad eval": (torch.no_grad, module.eval(), {}, True),
+            "grad enabled, inputs without grad": (contextlib.nullcontext, module.eval(), {}, True),
+            "dropout 0 in training": (torch.no_grad, AttentionModuleStub(4).train(), {"dropout": 0.0}, True),
+            "dropout in training": (torch.no_grad, AttentionModuleStub(4).train(), {"dropout": 0.1}, False),
+        }
+        for name, (context, stub, kwargs, expected) in cases.items():
+            with self.subTest(name), context():
+                self.assertEqual(
+                    overlay_eager_attention._runs_blocked(stub, query, key, value, kwargs.get("dropout", 0.0)),
+                    expected,
+                )
+        self.assertFalse(overlay_eager_attention._runs_blocked(module, query.requires_grad_(), key, value, 0.0))
+        with mock.patch.object(torch.compiler, "is_compiling", return_value=True):
+            self.assertFalse(overlay_eager_attention._runs_blocked(module, query.detach(), key, value, 0.0))
+
+
+@require_torch
+class DropoutTest(unittest.TestCase):
     def test_dropout_in_training_returns_the_weights_the_output_used(self):
         query, key, value = make_qkv(8, 2, query_len=10)
         module = AttentionModuleStub(4)
         mask = causal_mask(10, 10)
 
-        _, weights_eval = eager_attention_forward(module.eval(), query, key, value, mask, HEAD_DIM**-0.5, dropout=0.5)
+        _, weights_eval = overlay_eager_attention_forward(module.eval(), query, key, value, mask, HEAD_DIM**-0.5)
         torch.manual_seed(0)
-        output, weights = eager_attention_forward(module.train(), query, key, value, mask, HEAD_DIM**-0.5, dropout=0.5)
+        output, weights = overlay_eager_attention_forward(
+            module.train(), query, key, value, mask, HEAD_DIM**-0.5, dropout=0.5
+        )
 
         dropped = weights == 0
         self.assertTrue((dropped & (weights_eval > 0)).any())  # dropout was applied in training mode

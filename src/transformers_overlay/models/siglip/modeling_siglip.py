@@ -1,6 +1,6 @@
-"""Binds the stable eager attention into `transformers.models.siglip.modeling_siglip` (see `transformers_overlay.patching`)."""
+"""Binds the overlay's stable eager attention into `transformers.models.siglip.modeling_siglip` (see `transformers_overlay.patching`)."""
 
-from ...integrations.stable_eager_attention import eager_attention_forward
+from ...integrations.overlay_eager_attention import overlay_eager_attention_forward as eager_attention_forward
 
 
 __all__ = ["eager_attention_forward"]
