@@ -40,7 +40,8 @@ from transformers_overlay import _activation, patching
 from transformers_overlay._activation import OPT_OUT_ENV, PATCHED_MODULES
 
 
-STABLE_MODULE = "transformers_overlay.integrations.stable_eager_attention"
+# Where the function the overlay installs is defined (the mirror modules bind it).
+STABLE_MODULE = "transformers_overlay.integrations.overlay_eager_attention"
 PTH_FILE = Path(__file__).parents[2] / "src" / "transformers_overlay.pth"
 OVERLAY_WARNING = "Warning: transformers-overlay"
 
@@ -316,9 +317,9 @@ class PatchingApiTest(unittest.TestCase):
         self.functions = self.current_functions()
         with patching.disabled():
             self.stock = self.current_functions()
-        from transformers_overlay.integrations.stable_eager_attention import eager_attention_forward
+        from transformers_overlay.models.qwen2.modeling_qwen2 import eager_attention_forward
 
-        self.stable = eager_attention_forward
+        self.stable = eager_attention_forward  # what the overlay installs
 
     def tearDown(self):
         for model_type, function in self.functions.items():
