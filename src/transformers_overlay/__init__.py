@@ -1,4 +1,4 @@
-"""transformers-overlay: numerically safe eager attention in float16/bfloat16 for transformers' Qwen2 and SigLIP.
+"""transformers-overlay: numerically safe eager attention in float16/bfloat16 for transformers' Qwen2 family.
 
 Importing this package is cheap: torch and transformers are only imported when one of the names below is used.
 """
@@ -15,14 +15,16 @@ __all__ = [
     "image_token_positions",
 ]
 
+# name -> (submodule, its attribute)
 _LAZY_ATTRIBUTES = {
-    "apply": "patching",
-    "revert": "patching",
-    "disabled": "patching",
-    "status": "patching",
-    "eager_attention_forward": "models.qwen2.modeling_qwen2",
-    "capture_attention": "attention_capture",
-    "image_token_positions": "attention_capture",
+    "apply": ("patching", "apply"),
+    "revert": ("patching", "revert"),
+    "disabled": ("patching", "disabled"),
+    "status": ("patching", "status"),
+    # What the overlay installs as `eager_attention_forward` in every modeling module of the model table.
+    "eager_attention_forward": ("integrations.overlay_eager_attention", "overlay_eager_attention_forward"),
+    "capture_attention": ("attention_capture", "capture_attention"),
+    "image_token_positions": ("attention_capture", "image_token_positions"),
 }
 
 
@@ -31,7 +33,8 @@ def __getattr__(name):
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     import importlib
 
-    return getattr(importlib.import_module(f"{__name__}.{_LAZY_ATTRIBUTES[name]}"), name)
+    submodule, attribute = _LAZY_ATTRIBUTES[name]
+    return getattr(importlib.import_module(f"{__name__}.{submodule}"), attribute)
 
 
 def __dir__():

@@ -1,21 +1,24 @@
-"""Interpreter-start activation, run from `transformers_overlay.pth`.
+"""Interpreter-start activation, run from `transformers_overlay.pth`, and the post-import hooks it rests on.
 
-Only the standard library is imported here: installing the hook must cost next to nothing and must never fail. The
-hook waits for transformers to import one of the modeling modules in `PATCHED_MODULES` and patches it right after
-the module has executed (see `transformers_overlay.patching`).
+Only the standard library is imported here: installing the hook must cost next to nothing and must never fail.
+
+The mechanism is generic, like wrapt's post-import hooks: `register_post_import_hook(module_name, hook)` runs `hook`
+right after `module_name` has executed (at once when it is already imported). A hook may be given as a
+`"package.module:function"` string, imported only when the module it waits for is, so that nothing the hook needs is
+imported at interpreter start. `install_import_hook()` registers the overlay's one hook,
+`transformers_overlay.patching:patch_loaded_module`, for the modules of the model table.
 """
 
+import importlib
 import os
 import sys
 
 
 OPT_OUT_ENV = "TRANSFORMERS_OVERLAY_DISABLE"
+# What the overlay's activation runs after transformers has executed a modeling module of the model table.
+OVERLAY_HOOK = "transformers_overlay.patching:patch_loaded_module"
 
-# model type -> the transformers module whose module-level `eager_attention_forward` the overlay replaces
-PATCHED_MODULES = {
-    "qwen2": "transformers.models.qwen2.modeling_qwen2",
-    "siglip": "transformers.models.siglip.modeling_siglip",
-}
+_post_import_hooks = {}  # module name -> hooks (callables or "module:function" strings), in registration order
 
 
 # Values of OPT_OUT_ENV that leave the overlay on. `transformers_overlay.pth` repeats this rule so that an opted-out
@@ -28,8 +31,42 @@ def opt_out_is_set() -> bool:
     return os.environ.get(OPT_OUT_ENV, "").strip().lower() not in OPT_OUT_OFF_VALUES
 
 
-class _PatchingLoader:
-    """Runs the real loader, then hands the fresh module to the overlay."""
+def _resolve(hook):
+    if not isinstance(hook, str):
+        return hook
+    module_name, _, attribute = hook.partition(":")
+    return getattr(importlib.import_module(module_name), attribute)
+
+
+def _run_post_import_hooks(module) -> None:
+    """Runs the hooks registered for `module`; a failing hook warns once and leaves the module as it is."""
+    for hook in list(_post_import_hooks.get(module.__name__, ())):
+        try:
+            _resolve(hook)(module)
+        except Exception as error:  # the user's import must go on, with the module as transformers made it
+            _warn_once(f"transformers-overlay: {hook!r} failed on {module.__name__}: {error!r}; stock code is in use.")
+
+
+def register_post_import_hook(module_name: str, hook) -> None:
+    """
+    Runs `hook(module)` right after `module_name` has been executed by an import, or now if it already has been.
+    `hook` is a callable or a `"package.module:function"` string resolved when it runs. Registering the same hook
+    twice for a module has no effect. Needs `install_post_import_finder()` for modules imported later.
+    """
+    hooks = _post_import_hooks.setdefault(module_name, [])
+    if hook in hooks:
+        return
+    hooks.append(hook)
+    module = sys.modules.get(module_name)
+    if module is not None:
+        try:
+            _resolve(hook)(module)
+        except Exception as error:
+            _warn_once(f"transformers-overlay: {hook!r} failed on {module_name}: {error!r}; stock code is in use.")
+
+
+class _PostImportLoader:
+    """Runs the real loader, then the module's post-import hooks."""
 
     def __init__(self, loader):
         self._loader = loader
@@ -42,19 +79,14 @@ class _PatchingLoader:
 
     def exec_module(self, module):
         self._loader.exec_module(module)
-        try:
-            from transformers_overlay import patching
-
-            patching.patch_loaded_module(module.__name__)
-        except Exception as error:  # the user's import must go on with stock transformers
-            _warn_once(f"transformers-overlay could not patch {module.__name__}: {error!r}; stock code is in use.")
+        _run_post_import_hooks(module)
 
 
-class PatchOnImportFinder:
-    """`sys.meta_path` entry that wraps the loader of the modules in `PATCHED_MODULES` and nothing else."""
+class PostImportHookFinder:
+    """`sys.meta_path` entry that wraps the loader of modules with registered post-import hooks, and nothing else."""
 
     def find_spec(self, fullname, path=None, target=None):
-        if fullname not in PATCHED_MODULES.values():
+        if fullname not in _post_import_hooks:
             return None
         for finder in sys.meta_path:
             if finder is self or not hasattr(finder, "find_spec"):
@@ -65,29 +97,43 @@ class PatchOnImportFinder:
         else:
             return None
         if spec.loader is not None and hasattr(spec.loader, "exec_module"):
-            spec.loader = _PatchingLoader(spec.loader)
+            spec.loader = _PostImportLoader(spec.loader)
         return spec
 
 
+def post_import_finder_installed() -> bool:
+    return any(isinstance(finder, PostImportHookFinder) for finder in sys.meta_path)
+
+
+def install_post_import_finder() -> None:
+    """Puts `PostImportHookFinder` first on `sys.meta_path` (once)."""
+    if not post_import_finder_installed():
+        sys.meta_path.insert(0, PostImportHookFinder())
+
+
 def import_hook_installed() -> bool:
-    """True when `PatchOnImportFinder` is on `sys.meta_path` in this interpreter."""
-    return any(isinstance(finder, PatchOnImportFinder) for finder in sys.meta_path)
+    """True when the overlay's hook waits for (or has run on) the model table's modules in this interpreter."""
+    from .model_table import MODEL_TABLE
+
+    return post_import_finder_installed() and all(
+        OVERLAY_HOOK in _post_import_hooks.get(entry.module, ()) for entry in MODEL_TABLE.values()
+    )
 
 
 def install_import_hook() -> None:
     """
-    Puts `PatchOnImportFinder` first on `sys.meta_path`, unless the opt-out is set (the `.pth` file does not even call
-    this then). Never raises.
+    Activation: registers `OVERLAY_HOOK` for every module of the model table, unless the opt-out is set (the `.pth`
+    file does not even call this then). Modules already imported (e.g. by a sitecustomize) are patched at once. Never
+    raises.
     """
     try:
-        if opt_out_is_set() or import_hook_installed():
+        if opt_out_is_set():
             return
-        sys.meta_path.insert(0, PatchOnImportFinder())
-        for module_name in PATCHED_MODULES.values():
-            if module_name in sys.modules:  # imported before the hook, e.g. by a sitecustomize
-                from transformers_overlay import patching
+        from .model_table import MODEL_TABLE
 
-                patching.patch_loaded_module(module_name)
+        install_post_import_finder()
+        for entry in MODEL_TABLE.values():
+            register_post_import_hook(entry.module, OVERLAY_HOOK)
     except Exception as error:
         _warn_once(f"transformers-overlay is not active: {error!r}")
 

@@ -451,8 +451,10 @@ def capture_attention(model: nn.Module, layers=None, queries="last", heads=None,
 
     Args:
         model (`nn.Module`):
-            A transformers model whose decoder attention modules carry a `layer_idx` (Qwen2, LLaVA-OneVision's Qwen2
-            text model, Llama-like models). Vision towers are never captured.
+            A transformers model whose decoder attention modules carry a `layer_idx`: every model of the model table
+            (Qwen2, Qwen2-MoE, Qwen2-VL and Qwen2.5-VL with their multimodal rotary positions, the Qwen2.5-Omni
+            thinker, LLaVA-OneVision's Qwen2 text model) and Llama-like models. Vision towers and audio encoders are
+            never captured.
         layers (`int`, `Sequence[int]`, `"all"` or `None`):
             Decoder layer indices (negative counts from the end); `None`/`"all"` for every layer.
         queries (`"last"`, `"all"`, `int`, `slice`, `Sequence[int]` or 1-D bool tensor):
@@ -487,12 +489,12 @@ def capture_attention(model: nn.Module, layers=None, queries="last", heads=None,
 
         A 4-D mask is used as given (bool: True = attend, float: added). Without one (sdpa's causal shortcut) or with
         flash attention's 2-D padding mask, the causal mask, the module's sliding window and that padding are built
-        from the positions. Rows whose keys are all masked are 0. This is the same arithmetic as the overlay's
-        stable eager attention, so for a float32 model the values equal `output_attentions=True` eager weights up to
+        from the positions. The probabilities come from `float32_attention_probabilities`, the very kernel of the
+        overlay's eager attention (fully masked rows as it defines them), so for a float32 model the values equal `output_attentions=True` eager weights up to
         float32 rounding, and for float16/bfloat16 models they carry only the error of the float16/bfloat16 query
         and key states (never overflow). Dropout is not applied and no gradient flows into the capture. Grouped-query
         keys are used per key/value group, never repeated. Scores are held for a block of query rows at a time
-        (at most 2**24 float32 values), so memory is what is kept plus that block and a float32 copy of the keys.
+        (at most 2**24 float32 values), so memory is what is kept plus that block and the kernel's float32 keys.
 
     Positions assume a cache holding every past token in order (`DynamicCache`, `generate`'s default): query rows
     of a call are positions `kv_len - q_len ... kv_len - 1` and keys are positions `0 ... kv_len - 1`. Static or

@@ -6,7 +6,6 @@ this interpreter runs stock eager attention by default (opt-out set, import hook
 """
 
 import argparse
-import importlib
 import os
 import sys
 
@@ -26,7 +25,7 @@ COLUMN_WIDTHS = (8, 8, 13, 3, 11, 6, 7, 0)
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="transformers-overlay",
-        description="Numerically safe eager attention in float16/bfloat16 for transformers' Qwen2 and LLaVA-OneVision.",
+        description="Numerically safe eager attention in float16/bfloat16 for transformers' Qwen2 family.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -34,9 +33,10 @@ def build_parser() -> argparse.ArgumentParser:
         "check",
         help="show what is patched and reproduce P-001 with stock eager, overlay eager and sdpa",
         description=(
-            "Prints the transformers/torch versions and what the overlay patches, then runs tiny Qwen2 and "
-            "LLaVA-OneVision models with 7B-like q/k biases (or --model) in float16 and bfloat16 with stock eager, "
-            "overlay eager and sdpa attention, and compares each with a float32 reference of the same rounded weights."
+            "Prints the transformers/torch versions and what the overlay patches, then runs a tiny model with 7B-like "
+            "q/k biases for every model type of the overlay's model table (or --model) in float16 and bfloat16 with "
+            "stock eager, overlay eager and sdpa attention, and compares each with a float32 reference of the same "
+            "rounded weights."
         ),
         epilog=(
             "exit codes: 0 the overlay clears P-001 and is active by default; 1 it does not clear P-001; "
@@ -46,8 +46,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     check.add_argument(
         "--model",
-        metavar="PATH_OR_ID",
-        help="a Qwen2 or LLaVA-OneVision checkpoint already on this machine (never downloaded) instead of the tiny models",
+        metavar="TYPE_OR_PATH",
+        help=(
+            "a model type of the model table (e.g. qwen2_vl: only its tiny model), or a checkpoint already on this "
+            "machine (never downloaded) whose model runs one of them, instead of every tiny model"
+        ),
     )
     check.add_argument("--device", default="cpu", help="torch device to run on, e.g. cpu (default), cuda, cuda:1")
     check.add_argument(
@@ -81,14 +84,18 @@ def _device_problem(device: str) -> str | None:
 
 
 def _import_patched_modules() -> str | None:
-    """Imports the transformers modules the overlay patches, as a user's model would (the import hook acts here)."""
-    from ._activation import PATCHED_MODULES
+    """
+    Imports the transformers modules of the model table, as a user's model would (the import hook acts here); a model
+    this transformers does not have yet is skipped (its status line says so).
+    """
+    from . import patching
+    from .model_table import MODEL_TABLE
 
-    for module_name in PATCHED_MODULES.values():
+    for model_type, entry in MODEL_TABLE.items():
         try:
-            importlib.import_module(module_name)
+            patching._import_modeling_module(model_type)
         except Exception as error:
-            return f"cannot import {module_name}: {error!r}"
+            return f"cannot import {entry.module}: {error!r}"
     return None
 
 
@@ -165,11 +172,16 @@ def check(model: str | None = None, device: str = "cpu", dtypes=DTYPES) -> int:
 
     status = patching.status()  # the default of this interpreter, before the check swaps anything
     dtypes = [getattr(torch, name) for name in dict.fromkeys(dtypes)]
-    if model is None:
+    from .model_table import MODEL_TABLE
+
+    if model is None or model in MODEL_TABLE:
         try:
-            runs = reproduction.builtin_runs(dtypes, device)
+            runs = reproduction.builtin_runs(dtypes, device, model_types=None if model is None else [model])
         except reproduction.MissingDependency as error:
             _error(str(error))
+            return EXIT_UNAVAILABLE
+        if not runs:
+            _error(f"--model {model}: {status['models'][model]['state']}")
             return EXIT_UNAVAILABLE
     else:
         from transformers.utils import logging
@@ -184,7 +196,7 @@ def check(model: str | None = None, device: str = "cpu", dtypes=DTYPES) -> int:
 
     _print_header(status, device)
     # Model types without a module-level eager function in this transformers are reported by the status lines.
-    used = sorted({model_type for case, _ in runs for model_type in case.model_types})
+    used = [model_type for model_type in MODEL_TABLE if any(model_type in case.model_types for case, _ in runs)]
     model_types = reproduction.replaceable_model_types(used)
     not_active = _not_active_reason(status, model_types)
     if not_active is None:
@@ -194,8 +206,10 @@ def check(model: str | None = None, device: str = "cpu", dtypes=DTYPES) -> int:
     print(
         "\nP-001: stock eager vs overlay eager vs sdpa, each against a float32 reference of the same rounded weights"
     )
-    if model is None:
-        print("(tiny models with Qwen2-7B's 28/4 x 128 heads, q/k bias on the lowest-frequency rotary dims)")
+    if model is None or model in MODEL_TABLE:
+        print("(tiny models with 128-dim heads, q/k bias on the lowest-frequency rotary dims, text left-padded)")
+        for case in {case.name: case for case, _ in runs}.values():
+            print(f"  {case.name}: {case.description}, runs the eager attention of {', '.join(case.model_types)}")
 
     name_width = max(len("model"), *(len(case.name) for case, _ in runs))
     print(_format_row(("model", *TABLE_COLUMNS), name_width))

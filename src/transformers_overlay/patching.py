@@ -1,25 +1,26 @@
 """Applying, reverting and reporting the overlay on transformers' modeling modules.
 
-One table, `PATCHED_MODULES` (in `_activation`), says which transformers module each model type patches; the
-replacement is the `eager_attention_forward` of the mirror module `transformers_overlay.models.<type>.modeling_<type>`.
-Only the module attribute changes: `revert()` puts back the very object it replaced.
+The model table (`transformers_overlay.model_table.MODEL_TABLE`) says which transformers module each model type
+patches; every one of them gets `overlay_eager_attention_forward` as its module-level `eager_attention_forward`. Only
+the module attribute changes: `revert()` puts back the very object it replaced. Whether a module can be patched is
+decided per module (its function's signature, the first release that has it); the supported transformers range is the
+one the package declares (`install_requires` in setup.cfg), read from the installed package's metadata.
 """
 
 import contextlib
+import functools
 import importlib
 import inspect
 import os
 import sys
 
-from ._activation import OPT_OUT_ENV, PATCHED_MODULES, _warn_once, import_hook_installed, opt_out_is_set
+from ._activation import OPT_OUT_ENV, _warn_once, import_hook_installed, opt_out_is_set
+from .model_table import MODEL_TABLE, model_type_of_module
 
 
+DISTRIBUTION = "transformers-overlay"
 PATCHED_ATTRIBUTE = "eager_attention_forward"
-SUPPORTED_TRANSFORMERS = (">=4.48", "<5.24")
-
-# First transformers release whose modeling module has the module-level function (before it, eager attention is
-# written inside the attention class and the overlay cannot replace it).
-FIRST_PATCHABLE_RELEASE = {"qwen2": "4.48", "siglip": "4.51"}
+REPLACEMENT = "transformers_overlay.integrations.overlay_eager_attention:overlay_eager_attention_forward"
 
 # Parameters (name, kind) of the upstream function that the stable one replaces; anything else is left alone.
 _EXPECTED_PARAMETERS = (
@@ -33,7 +34,6 @@ _EXPECTED_PARAMETERS = (
     ("kwargs", inspect.Parameter.VAR_KEYWORD),
 )
 
-_MODEL_TYPE_BY_MODULE = {module_name: model_type for model_type, module_name in PATCHED_MODULES.items()}
 _originals = {}  # model type -> the transformers function that was replaced
 _skipped = {}  # model type -> why it was left alone
 _enabled = True  # False after revert(): the import hook then leaves newly imported modules alone
@@ -52,15 +52,40 @@ def transformers_version() -> str | None:
         return None
 
 
+@functools.cache
+def supported_transformers() -> str | None:
+    """
+    The transformers releases this package supports, as the specifier its metadata declares (e.g. ">=4.48,<5.24", lower
+    bound first); None when the package is not installed, so that no metadata says it.
+    """
+    from importlib import metadata
+
+    from packaging.requirements import Requirement
+
+    try:
+        requirements = metadata.requires(DISTRIBUTION) or []
+    except metadata.PackageNotFoundError:
+        return None
+    for line in requirements:
+        requirement = Requirement(line)
+        if requirement.name == "transformers" and requirement.marker is None:
+            specifiers = sorted(map(str, requirement.specifier), key=lambda specifier: not specifier.startswith(">"))
+            return ",".join(specifiers)
+    return None
+
+
 def is_supported_transformers(version: str | None) -> bool:
-    """True when `version` is a transformers release in `SUPPORTED_TRANSFORMERS` (the releases tested in CI)."""
+    """True when `version` is a transformers release in `supported_transformers()` (the releases tested in CI)."""
     if version is None:  # checked first: without transformers, `packaging` (its dependency) may be missing too
         return False
     from packaging.specifiers import SpecifierSet
     from packaging.version import InvalidVersion, Version
 
+    supported = supported_transformers()
+    if supported is None:
+        return False
     try:
-        return SpecifierSet(",".join(SUPPORTED_TRANSFORMERS)).contains(Version(version), prereleases=True)
+        return SpecifierSet(supported).contains(Version(version), prereleases=True)
     except InvalidVersion:
         return False
 
@@ -70,18 +95,21 @@ def _why_unsupported(version: str | None) -> str | None:
     if is_supported_transformers(version):
         return None
     found = "no installed transformers" if version is None else f"transformers {version}"
-    return f"{found} is outside the supported range {','.join(SUPPORTED_TRANSFORMERS)}"
+    supported = supported_transformers()
+    if supported is None:
+        return f"{DISTRIBUTION} is not installed, so no package metadata says which transformers releases it supports"
+    return f"{found} is outside the supported range {supported}"
 
 
-def _replacement(model_type: str):
-    binding = importlib.import_module(f"transformers_overlay.models.{model_type}.modeling_{model_type}")
-    return getattr(binding, PATCHED_ATTRIBUTE)
+def _replacement():
+    module_name, _, attribute = REPLACEMENT.partition(":")
+    return getattr(importlib.import_module(module_name), attribute)
 
 
 def _why_not_patchable(model_type: str, target) -> str | None:
     """Why `target` does not look like transformers' eager attention function, or None when it does."""
     if target is None:
-        first = FIRST_PATCHABLE_RELEASE[model_type]
+        first = MODEL_TABLE[model_type].first_patchable_release
         return (
             f"transformers {transformers_version()} has no module-level `{PATCHED_ATTRIBUTE}` here (it has since "
             f"{first}), so {model_type}'s eager attention stays stock: use attn_implementation='sdpa' for it"
@@ -97,7 +125,7 @@ def _why_not_patchable(model_type: str, target) -> str | None:
 
 
 def _patch(model_type: str) -> None:
-    module = sys.modules[PATCHED_MODULES[model_type]]
+    module = sys.modules[MODEL_TABLE[model_type].module]
     current = getattr(module, PATCHED_ATTRIBUTE, None)
     unsupported = _why_unsupported(transformers_version())
     if unsupported is not None:
@@ -110,7 +138,7 @@ def _patch(model_type: str) -> None:
     reason = _why_not_patchable(model_type, current)
     if reason is None:
         try:
-            replacement = _replacement(model_type)
+            replacement = _replacement()
         except Exception as error:
             reason = f"the stable function cannot be imported ({error!r})"
     if reason is not None:
@@ -124,37 +152,57 @@ def _patch(model_type: str) -> None:
     setattr(module, PATCHED_ATTRIBUTE, replacement)
 
 
-def patch_loaded_module(module_name: str) -> None:
-    """Called by the import hook once transformers has executed `module_name`."""
-    if _enabled:
-        _patch(_MODEL_TYPE_BY_MODULE[module_name])
+def patch_loaded_module(module) -> None:
+    """The import hook's post-import hook: patches `module`, a modeling module of the model table, once executed."""
+    model_type = model_type_of_module(module.__name__)
+    if _enabled and model_type is not None:
+        _patch(model_type)
 
 
 def _checked_model_types(model_types) -> list[str]:
-    """`model_types` as a list: all of `PATCHED_MODULES` for None, one model type for a string. Unknown ones raise."""
+    """`model_types` as a list: the whole model table for None, one model type for a string. Unknown ones raise."""
     if model_types is None:
-        return list(PATCHED_MODULES)
+        return list(MODEL_TABLE)
     model_types = [model_types] if isinstance(model_types, str) else list(model_types)
-    unknown = [model_type for model_type in model_types if model_type not in PATCHED_MODULES]
+    unknown = [model_type for model_type in model_types if model_type not in MODEL_TABLE]
     if unknown:
         raise ValueError(
-            f"unknown model type {', '.join(map(repr, unknown))}: the overlay patches {', '.join(PATCHED_MODULES)}"
+            f"unknown model type {', '.join(map(repr, unknown))}: the overlay patches {', '.join(MODEL_TABLE)}"
         )
     return model_types
 
 
+def _import_modeling_module(model_type: str) -> bool:
+    """Imports `model_type`'s modeling module; False (with the reason kept) when this transformers has none."""
+    module_name = MODEL_TABLE[model_type].module
+    try:
+        importlib.import_module(module_name)
+    except ModuleNotFoundError as error:
+        if error.name is None or not module_name.startswith(error.name):
+            raise  # a dependency the module itself imports is missing: that is the user's error to see
+        _skipped[model_type] = _absent_reason(model_type)
+        return False
+    return True
+
+
+def _absent_reason(model_type: str) -> str:
+    first = MODEL_TABLE[model_type].first_patchable_release
+    return f"transformers {transformers_version()} has no {model_type} model (the overlay patches it since {first})"
+
+
 def apply(model_types=None) -> dict:
     """
-    Replaces `eager_attention_forward` in the modeling modules of `model_types` (default: all of `PATCHED_MODULES`),
-    importing them if needed, and keeps patching them on later imports. Works whether or not the import hook is
-    installed, and ignores the opt-out variable (an explicit call wins). Returns `status()`.
+    Replaces `eager_attention_forward` in the modeling modules of `model_types` (default: every model type of the
+    model table), importing them if needed, and keeps patching them on later imports. A model type this transformers
+    does not have is reported by `status()` and skipped. Works whether or not the import hook is installed, and
+    ignores the opt-out variable (an explicit call wins). Returns `status()`.
     """
     global _enabled
     model_types = _checked_model_types(model_types)
     _enabled = True
     for model_type in model_types:
-        importlib.import_module(PATCHED_MODULES[model_type])
-        _patch(model_type)
+        if _import_modeling_module(model_type):
+            _patch(model_type)
     return status()
 
 
@@ -162,11 +210,11 @@ def revert(model_types=None) -> dict:
     """Puts back the exact objects `apply()` replaced and stops patching on import. Returns `status()`."""
     global _enabled
     model_types = _checked_model_types(model_types)
-    if set(model_types) >= set(PATCHED_MODULES):
+    if set(model_types) >= set(MODEL_TABLE):
         _enabled = False
     for model_type in model_types:
         original = _originals.pop(model_type, None)
-        module = sys.modules.get(PATCHED_MODULES[model_type])
+        module = sys.modules.get(MODEL_TABLE[model_type].module)
         if original is not None and module is not None:
             setattr(module, PATCHED_ATTRIBUTE, original)
     return status()
@@ -180,14 +228,14 @@ def disabled():
     """
     global _enabled
     was_enabled, was_patched = _enabled, list(_originals)
-    imported_before = {model_type for model_type, name in PATCHED_MODULES.items() if name in sys.modules}
+    imported_before = {model_type for model_type, entry in MODEL_TABLE.items() if entry.module in sys.modules}
     revert()
     try:
         yield
     finally:
         _enabled = was_enabled
-        for model_type, module_name in PATCHED_MODULES.items():
-            imported_inside = was_enabled and model_type not in imported_before and module_name in sys.modules
+        for model_type, entry in MODEL_TABLE.items():
+            imported_inside = was_enabled and model_type not in imported_before and entry.module in sys.modules
             if model_type in was_patched or imported_inside:
                 _patch(model_type)
 
@@ -228,17 +276,19 @@ def _activation() -> str:
 
 def status() -> dict:
     """
-    What the overlay does right now: versions, opt-out, `activation` (one of `ACTIVATION_STATES`) and, per model type,
-    its module and `state` (one of `STATES`, with the reason in parentheses where there is one).
+    What the overlay does right now: versions, opt-out, `activation` (one of `ACTIVATION_STATES`) and, per model type
+    of the table, its module and `state` (one of `STATES`, with the reason in parentheses where there is one).
     """
     version = transformers_version()
     unsupported = _why_unsupported(version)
     activation = _activation()
     models = {}
-    for model_type, module_name in PATCHED_MODULES.items():
-        module = sys.modules.get(module_name)
+    for model_type, entry in MODEL_TABLE.items():
+        module = sys.modules.get(entry.module)
         if module is None and unsupported is not None:
             state = f"{NOT_IMPORTED} (will stay {STOCK}: {unsupported})"
+        elif module is None and model_type in _skipped:  # this transformers has no such modeling module
+            state = f"{STOCK} ({_skipped[model_type]})"
         elif module is None and activation == ACTIVE:
             state = f"{NOT_IMPORTED} (will be {PATCHED} on import)"
         elif module is None:
@@ -249,10 +299,10 @@ def status() -> dict:
             state = f"{STOCK} ({_skipped[model_type]})"
         else:
             state = STOCK
-        models[model_type] = {"module": module_name, "state": state}
+        models[model_type] = {"module": entry.module, "state": state}
     return {
         "transformers": version,
-        "supported_transformers": ",".join(SUPPORTED_TRANSFORMERS),
+        "supported_transformers": supported_transformers(),
         "transformers_supported": unsupported is None,
         "opt_out_variable": OPT_OUT_ENV,
         "opt_out": opt_out_is_set(),

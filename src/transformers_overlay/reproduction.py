@@ -1,10 +1,13 @@
 """Reproduction of P-001 (NaN / imprecise eager attention in half precision) on tiny models, and the comparison metrics.
 
-The tiny models have Qwen2-7B's attention layout (28 query / 4 key-value heads of dim 128) on a small hidden size, and
-large q/k biases on the lowest-frequency rotary dims of every head: RoPE barely rotates those dims, so the biases add
-straight into q·kᵀ. Eight biased dims of 120 give scores of about 8 * 120² = 115200 > 65504, the float16 limit, which is
-how Qwen2-7B's own biases break stock eager attention in float16. Every candidate is compared with a float32 reference
-that runs the same dtype-rounded weights, so the only difference measured is the arithmetic of the forward pass.
+Every model type of the model table has a builder here (its row names it): a tiny model with 128-dim attention heads
+and large q/k biases on the lowest-frequency rotary dims of every head. RoPE barely rotates those dims, so the biases
+add straight into q·kᵀ: eight biased dims of 120 give scores of about 8 * 120² = 115200 > 65504, the float16 limit,
+which is how Qwen2-7B's own biases break stock eager attention in float16. Qwen2 has Qwen2-7B's layout (28 query / 4
+key-value heads) on a small hidden size; the models whose head size follows from the hidden size have 4 query / 2
+key-value heads on a 512 hidden size. Every candidate is compared with a float32 reference that runs the same
+dtype-rounded weights, over the real (unpadded) tokens, so the only difference measured is the arithmetic of the
+forward pass.
 """
 
 import contextlib
@@ -19,8 +22,8 @@ import numpy as np
 import torch
 
 from . import patching
-from ._activation import PATCHED_MODULES
-from .integrations.overlay_eager_attention import overlay_eager_attention_forward as stable_eager_attention_forward
+from .integrations.overlay_eager_attention import overlay_eager_attention_forward
+from .model_table import MODEL_TABLE, model_type_of_module
 
 
 # Qwen2-7B's attention layout.
@@ -28,6 +31,11 @@ NUM_ATTENTION_HEADS = 28
 NUM_KEY_VALUE_HEADS = 4
 HEAD_DIM = 128
 ROPE_THETA = 1_000_000.0
+# Models whose head size is hidden_size / num_heads (Qwen2-MoE, Qwen2-VL, Qwen2.5-VL, Qwen2.5-Omni): 4 / 2 heads of 128.
+SMALL_NUM_ATTENTION_HEADS = 4
+SMALL_NUM_KEY_VALUE_HEADS = 2
+# Qwen2-VL-7B's multimodal rotary sections (temporal, height, width) of a 128-dim head.
+MROPE_SECTION = [16, 24, 24]
 # Dims at the end of each rotary half that get the bias: the 4 lowest RoPE frequencies.
 BIASED_DIMS_PER_HALF = 4
 # 120 overflows float16 scores (8 * 120² > 65504); 30 shows the precision bfloat16 scores lose (at 120, q and k
@@ -46,6 +54,8 @@ IMAGE_TOKEN = "<image>"
 VIDEO_TOKEN = "<video>"
 PROMPT_QUESTION = "Describe this image."
 PROMPT_TEXT = "The quick brown fox jumps over the lazy dog; in half precision, q times k can overflow."
+# The shorter prompt of the left-padded text batch.
+SHORT_PROMPT_TEXT = "Half precision: q times k."
 
 
 @dataclass
@@ -65,14 +75,27 @@ class Case:
     name: str
     load: Callable[[torch.dtype], torch.nn.Module]
     inputs: dict
-    model_types: tuple[str, ...]  # the keys of `PATCHED_MODULES` whose eager attention the model runs
+    model_types: tuple[str, ...]  # the model types of the model table whose eager attention the model runs
     bias: float | None = None
+    description: str = ""
 
 
-def compare_logits(reference: torch.Tensor, logits: torch.Tensor) -> Measurement:
-    """Compares `logits` with the float32 `reference` over every position (both `[..., vocab]`)."""
+def model_types_in(model: torch.nn.Module) -> tuple[str, ...]:
+    """The model types of the model table whose modeling module defines one of `model`'s sub-modules."""
+    found = {model_type_of_module(type(module).__module__) for module in model.modules()}
+    return tuple(model_type for model_type in MODEL_TABLE if model_type in found)
+
+
+def compare_logits(reference: torch.Tensor, logits: torch.Tensor, attention_mask=None) -> Measurement:
+    """
+    Compares `logits` with the float32 `reference` (both `[batch, seq, vocab]`) over every position, or over the
+    positions where the 2-D `attention_mask` is 1 (padding positions' logits mean nothing).
+    """
     reference = reference.float()
     logits = logits.float()
+    if attention_mask is not None and attention_mask.dim() == 2:
+        real = attention_mask.bool().cpu()
+        reference, logits = reference[real], logits[real]
     non_finite = not torch.isfinite(logits).all().item()
     log_p = torch.log_softmax(reference, dim=-1)
     kl = (log_p.exp() * (log_p - torch.log_softmax(logits, dim=-1))).sum(-1).mean().item()
@@ -94,25 +117,29 @@ def overlay_clears(measurements: dict[str, Measurement]) -> bool:
 def stock_eager_attention(model_type: str):
     """
     Transformers' own eager attention function for `model_type`, whether or not the overlay replaced it; None when this
-    transformers has no module-level one (before `patching.FIRST_PATCHABLE_RELEASE[model_type]`).
+    transformers has no module-level one (before the model table's `first_patchable_release`).
     """
-    module = importlib.import_module(PATCHED_MODULES[model_type])
+    module = importlib.import_module(MODEL_TABLE[model_type].module)
     return patching._originals.get(model_type, getattr(module, patching.PATCHED_ATTRIBUTE, None))
 
 
 def replaceable_model_types(model_types) -> tuple[str, ...]:
-    """The model types in `model_types` whose transformers module has a module-level eager function to replace."""
-    return tuple(
-        model_type
-        for model_type in model_types
-        if hasattr(importlib.import_module(PATCHED_MODULES[model_type]), patching.PATCHED_ATTRIBUTE)
-    )
+    """The model types in `model_types` whose transformers module exists and has a module-level eager function."""
+    replaceable = []
+    for model_type in model_types:
+        try:
+            module = importlib.import_module(MODEL_TABLE[model_type].module)
+        except ModuleNotFoundError:
+            continue
+        if hasattr(module, patching.PATCHED_ATTRIBUTE):
+            replaceable.append(model_type)
+    return tuple(replaceable)
 
 
 @contextlib.contextmanager
 def eager_attention(functions: dict):
     """Runs the block with `functions[model_type]` as the eager attention of each model type, then restores the objects."""
-    modules = {model_type: importlib.import_module(PATCHED_MODULES[model_type]) for model_type in functions}
+    modules = {model_type: importlib.import_module(MODEL_TABLE[model_type].module) for model_type in functions}
     previous = {model_type: getattr(module, patching.PATCHED_ATTRIBUTE) for model_type, module in modules.items()}
     try:
         for model_type, function in functions.items():
@@ -152,7 +179,7 @@ def compare_attention(case: Case, dtype: torch.dtype) -> dict[str, Measurement]:
     """
     model_types = replaceable_model_types(case.model_types)
     stock = {model_type: stock_eager_attention(model_type) for model_type in model_types}
-    overlay = dict.fromkeys(model_types, stable_eager_attention_forward)
+    overlay = dict.fromkeys(model_types, overlay_eager_attention_forward)
     model = case.load(dtype)
     logits = {}
     for variant, implementation, functions in (
@@ -168,18 +195,24 @@ def compare_attention(case: Case, dtype: torch.dtype) -> dict[str, Measurement]:
     with eager_attention(stock):
         reference = _logits(model, case.inputs, torch.float32)
     del model
-    return {variant: compare_logits(reference, logits[variant]) for variant in ATTENTION_VARIANTS}
+    attention_mask = case.inputs.get("attention_mask")
+    return {variant: compare_logits(reference, logits[variant], attention_mask) for variant in ATTENTION_VARIANTS}
 
 
 # Built-in tiny models
 
 
 def add_overflow_biases_(model: torch.nn.Module, bias: float) -> None:
-    """Sets the q/k biases of every Qwen2 attention layer to `bias` on the lowest-frequency rotary dims of each head."""
-    from transformers.models.qwen2.modeling_qwen2 import Qwen2Attention
-
+    """
+    Sets the q/k biases of every rotary decoder attention layer (a module with a `layer_idx`, `head_dim` and biased
+    `q_proj`/`k_proj`: Qwen2's and its family's) to `bias` on the lowest-frequency rotary dims of each head.
+    """
     for module in model.modules():
-        if not isinstance(module, Qwen2Attention):
+        if getattr(module, "layer_idx", None) is None or not hasattr(module, "head_dim"):
+            continue
+        if getattr(getattr(module, "q_proj", None), "bias", None) is None:
+            continue
+        if getattr(getattr(module, "k_proj", None), "bias", None) is None:
             continue
         half = module.head_dim // 2
         for projection in (module.q_proj, module.k_proj):
@@ -204,6 +237,56 @@ def tiny_qwen2_config(vocab_size: int):
         max_position_embeddings=512,
         tie_word_embeddings=False,
     )
+
+
+def _small_text_config(tokenizer, **overrides) -> dict:
+    """Text config keywords of a 2-layer decoder with 4 query / 2 key-value heads of dim 128 (hidden size 512)."""
+    rope = {"rope_theta": ROPE_THETA}
+    if "mrope_section" in overrides:
+        rope = _mrope_keywords(overrides.pop("mrope_section"))
+    return {
+        "vocab_size": len(tokenizer) + 8,
+        "hidden_size": SMALL_NUM_ATTENTION_HEADS * HEAD_DIM,
+        "intermediate_size": 128,
+        "num_hidden_layers": 2,
+        "num_attention_heads": SMALL_NUM_ATTENTION_HEADS,
+        "num_key_value_heads": SMALL_NUM_KEY_VALUE_HEADS,
+        "max_position_embeddings": 512,
+        "pad_token_id": tokenizer.pad_token_id,
+        "bos_token_id": None,
+        "eos_token_id": tokenizer.eos_token_id,
+        "tie_word_embeddings": False,
+        **rope,
+        **overrides,
+    }
+
+
+def _mrope_keywords(mrope_section) -> dict:
+    """Multimodal rotary settings: `rope_parameters` in transformers 5, `rope_scaling` and `rope_theta` before."""
+    from packaging.version import Version
+
+    import transformers
+
+    if Version(transformers.__version__).major >= 5:
+        return {"rope_parameters": {"rope_type": "default", "rope_theta": ROPE_THETA, "mrope_section": mrope_section}}
+    return {"rope_theta": ROPE_THETA, "rope_scaling": {"type": "mrope", "mrope_section": mrope_section}}
+
+
+def _small_vision_config(**overrides) -> dict:
+    """A 2-layer Qwen2.5-VL-style vision tower on 8x8 patches whose merger feeds the 512-wide text model."""
+    return {
+        "depth": 2,
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_heads": 4,
+        "patch_size": 8,
+        "spatial_merge_size": 2,
+        "temporal_patch_size": 2,
+        "window_size": 32,
+        "fullatt_block_indexes": [1],
+        "out_hidden_size": SMALL_NUM_ATTENTION_HEADS * HEAD_DIM,
+        **overrides,
+    }
 
 
 def tiny_tokenizer():
@@ -305,6 +388,19 @@ def text_inputs(tokenizer, text: str = PROMPT_TEXT) -> dict:
     return {"input_ids": encoding["input_ids"], "attention_mask": encoding["attention_mask"]}
 
 
+def left_padded_text_inputs(model, tokenizer) -> dict:
+    """`PROMPT_TEXT` and `SHORT_PROMPT_TEXT` as one batch, left-padded as for batched generation (`model` unused)."""
+    tokenizer = copy.copy(tokenizer)
+    tokenizer.padding_side = "left"
+    encoding = tokenizer([PROMPT_TEXT, SHORT_PROMPT_TEXT], return_tensors="pt", padding=True)
+    return {"input_ids": encoding["input_ids"], "attention_mask": encoding["attention_mask"]}
+
+
+def llava_onevision_image_text_inputs(model, tokenizer) -> dict:
+    """One synthetic image and a chat prompt for the tiny LLaVA-OneVision `model`."""
+    return image_text_inputs(model.config, tokenizer, tiny_image_processor())
+
+
 def image_token_count(config, image_processor, image_inputs) -> int:
     """
     Number of image placeholder tokens the model fills for the single image in `image_inputs`, with upstream's own
@@ -346,36 +442,133 @@ def tiny_llava_onevision(tokenizer, bias: float, seed: int = 0):
     return _tiny_model(LlavaOnevisionForConditionalGeneration, tiny_llava_onevision_config(tokenizer), bias, seed)
 
 
-def builtin_runs(dtypes=(torch.float16, torch.bfloat16), device: str = "cpu") -> list[tuple[Case, torch.dtype]]:
-    """The tiny Qwen2 (text) and LLaVA-OneVision (image + text) cases, each in every dtype with that dtype's bias."""
+def tiny_qwen2_moe(tokenizer, bias: float, seed: int = 0):
+    """A tiny Qwen2MoeForCausalLM (4 experts, 2 per token, a shared expert) with overflow biases `bias`, in float32."""
+    from transformers import Qwen2MoeConfig, Qwen2MoeForCausalLM
+
+    config = Qwen2MoeConfig(
+        **_small_text_config(tokenizer),
+        num_experts=4,
+        num_experts_per_tok=2,
+        moe_intermediate_size=32,
+        shared_expert_intermediate_size=64,
+        qkv_bias=True,
+    )
+    return _tiny_model(Qwen2MoeForCausalLM, config, bias, seed)
+
+
+def tiny_qwen2_vl(tokenizer, bias: float, seed: int = 0):
+    """A tiny Qwen2VLForConditionalGeneration (multimodal rotary, 2-layer vision tower) with overflow biases `bias`."""
+    from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration
+
+    vision_config = {
+        "depth": 2,
+        "embed_dim": 32,
+        "mlp_ratio": 2,
+        "num_heads": 4,
+        "patch_size": 8,
+        "spatial_merge_size": 2,
+        "temporal_patch_size": 2,
+        "hidden_size": SMALL_NUM_ATTENTION_HEADS * HEAD_DIM,
+    }
+    text_config = _small_text_config(tokenizer, mrope_section=MROPE_SECTION)
+    config = Qwen2VLConfig(text_config=text_config, vision_config=vision_config, **_vision_token_ids(tokenizer))
+    return _tiny_model(Qwen2VLForConditionalGeneration, config, bias, seed)
+
+
+def tiny_qwen2_5_vl(tokenizer, bias: float, seed: int = 0):
+    """A tiny Qwen2_5_VLForConditionalGeneration (multimodal rotary, windowed vision tower) with overflow biases."""
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+    text_config = _small_text_config(tokenizer, mrope_section=MROPE_SECTION)
+    config = Qwen2_5_VLConfig(
+        text_config=text_config, vision_config=_small_vision_config(), **_vision_token_ids(tokenizer)
+    )
+    return _tiny_model(Qwen2_5_VLForConditionalGeneration, config, bias, seed)
+
+
+def tiny_qwen2_5_omni_thinker(tokenizer, bias: float, seed: int = 0):
+    """
+    A tiny Qwen2.5-Omni thinker (the part that reads text, images and audio and writes text; the talker runs the same
+    attention) with overflow biases `bias` in its text decoder, in float32.
+    """
+    from transformers import Qwen2_5OmniThinkerConfig, Qwen2_5OmniThinkerForConditionalGeneration
+
+    audio_config = {
+        "encoder_layers": 1,
+        "d_model": 32,
+        "encoder_attention_heads": 4,
+        "encoder_ffn_dim": 64,
+        "num_mel_bins": 16,
+        "max_source_positions": 50,
+        "n_window": 10,
+        "output_dim": SMALL_NUM_ATTENTION_HEADS * HEAD_DIM,
+    }
+    config = Qwen2_5OmniThinkerConfig(
+        text_config=_small_text_config(tokenizer, mrope_section=MROPE_SECTION),
+        vision_config=_small_vision_config(),
+        audio_config=audio_config,
+    )
+    for name, token_id in _vision_token_ids(tokenizer).items():  # not all of them are thinker config fields
+        if getattr(config, name, None) != token_id:
+            setattr(config, name, token_id)
+    return _tiny_model(Qwen2_5OmniThinkerForConditionalGeneration, config, bias, seed)
+
+
+def _vision_token_ids(tokenizer) -> dict:
+    """Image/video placeholders of the tiny tokenizer; vision start/end are ids past it (the vocabulary has 8 spare)."""
+    return {
+        "image_token_id": tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
+        "video_token_id": tokenizer.convert_tokens_to_ids(VIDEO_TOKEN),
+        "vision_start_token_id": len(tokenizer),
+        "vision_end_token_id": len(tokenizer) + 1,
+    }
+
+
+def tiny_model_case(model_type: str, tokenizer, bias: float, device: str = "cpu") -> Case:
+    """`check`'s case for `model_type`: the model table row's builder and inputs, with overflow biases `bias`."""
+    entry = MODEL_TABLE[model_type]
+    model = globals()[entry.builder](tokenizer, bias)
+    inputs = globals()[entry.inputs](model, tokenizer)
+    return Case(
+        model_type,
+        _deepcopy_loader(model, device),
+        inputs,
+        model_types_in(model),
+        bias,
+        description=f"tiny {type(model).__name__}",
+    )
+
+
+def builtin_runs(
+    dtypes=(torch.float16, torch.bfloat16), device: str = "cpu", model_types=None
+) -> list[tuple[Case, torch.dtype]]:
+    """
+    A case per model type of the model table (or of `model_types`) whose eager function this transformers lets the
+    overlay replace, in every dtype with that dtype's bias: text with left padding (LLaVA-OneVision: image and text).
+    """
     tokenizer = tiny_tokenizer()
-    qwen2_inputs = text_inputs(tokenizer)
-    llava_config = tiny_llava_onevision_config(tokenizer)
-    llava_inputs = image_text_inputs(llava_config, tokenizer, tiny_image_processor())
+    model_types = replaceable_model_types(MODEL_TABLE if model_types is None else model_types)
     runs = []
-    for dtype in dtypes:
-        bias = BIAS_BY_DTYPE[dtype]
-        qwen2 = _deepcopy_loader(tiny_qwen2(tokenizer, bias), device)
-        llava = _deepcopy_loader(tiny_llava_onevision(tokenizer, bias), device)
-        runs.append((Case("tiny Qwen2", qwen2, qwen2_inputs, ("qwen2",), bias), dtype))
-        runs.append((Case("tiny LLaVA-OneVision", llava, llava_inputs, ("qwen2", "siglip"), bias), dtype))
+    for model_type in model_types:
+        for dtype in dtypes:
+            runs.append((tiny_model_case(model_type, tokenizer, BIAS_BY_DTYPE[dtype], device), dtype))
     return runs
 
 
 # Locally available checkpoints
 
-# model_type -> the patched model types its eager attention goes through
-CHECKPOINT_MODEL_TYPES = {"qwen2": ("qwen2",), "llava_onevision": ("qwen2", "siglip")}
-
 
 class CheckpointNotAvailable(Exception):
-    """The checkpoint asked for is not on this machine, or is not a model type the overlay covers."""
+    """The checkpoint asked for is not on this machine, or runs no attention of the model table."""
 
 
 def checkpoint_case(name_or_path: str, device: str = "cpu") -> Case:
     """
-    A case for a checkpoint available on this machine (`local_files_only=True`): a Qwen2 causal LM gets `PROMPT_TEXT`,
-    a LLaVA-OneVision model a synthetic image and a question. Raises `CheckpointNotAvailable` with a one-line reason.
+    A case for a checkpoint available on this machine (`local_files_only=True`) whose model runs the eager attention
+    of a model type of the model table: a LLaVA-OneVision model gets a synthetic image and a question, any other model
+    (a causal LM, or an image-text model such as Qwen2-VL) `PROMPT_TEXT`. Raises `CheckpointNotAvailable` with a
+    one-line reason.
     """
     from packaging.version import Version
 
@@ -393,10 +586,12 @@ def checkpoint_case(name_or_path: str, device: str = "cpu") -> Case:
                 f"{name_or_path!r}: config.json cannot be read: {first_line(error)}"
             ) from None
         raise CheckpointNotAvailable(_not_found_locally(name_or_path)) from None
-    if config.model_type not in CHECKPOINT_MODEL_TYPES:
-        supported = ", ".join(CHECKPOINT_MODEL_TYPES)
+    model_class = _checkpoint_model_class(config)
+    model_types = () if model_class is None else _model_types_of_class(model_class, config)
+    if not model_types:
         raise CheckpointNotAvailable(
-            f"{name_or_path!r} is a {config.model_type!r} model; the overlay covers model types {supported}"
+            f"{name_or_path!r} is a {config.model_type!r} model, which runs none of the model types the overlay "
+            f"covers ({', '.join(MODEL_TABLE)})"
         )
     if is_directory:
         missing = missing_checkpoint_files(name_or_path, config.model_type)
@@ -411,10 +606,8 @@ def checkpoint_case(name_or_path: str, device: str = "cpu") -> Case:
         if config.model_type == "llava_onevision":
             image_processor = AutoImageProcessor.from_pretrained(name_or_path, local_files_only=True)
             inputs = image_text_inputs(config, tokenizer, image_processor)
-            model_class = transformers.LlavaOnevisionForConditionalGeneration
         else:
             inputs = text_inputs(tokenizer)
-            model_class = transformers.AutoModelForCausalLM
     except (OSError, ValueError) as error:
         raise CheckpointNotAvailable(f"{name_or_path!r} cannot be prepared: {first_line(error)}") from None
 
@@ -427,7 +620,29 @@ def checkpoint_case(name_or_path: str, device: str = "cpu") -> Case:
         )
         return model.to(device).eval()
 
-    return Case(name_or_path, load, inputs, CHECKPOINT_MODEL_TYPES[config.model_type])
+    return Case(name_or_path, load, inputs, model_types)
+
+
+def _checkpoint_model_class(config):
+    """The auto class entry that generates text with `config`'s model (causal LM or image-text-to-text), or None."""
+    import transformers
+
+    for auto_name in ("AutoModelForCausalLM", "AutoModelForImageTextToText"):
+        auto_class = getattr(transformers, auto_name, None)
+        mapping = getattr(auto_class, "_model_mapping", None)
+        if mapping is None:
+            continue
+        try:
+            return mapping[type(config)]
+        except KeyError:
+            continue
+    return None
+
+
+def _model_types_of_class(model_class, config) -> tuple[str, ...]:
+    """The model table's model types that `model_class(config)` runs, found on weights that are never allocated."""
+    with torch.device("meta"):
+        return model_types_in(model_class(config))
 
 
 # What a checkpoint directory needs, for `missing_checkpoint_files`: (description, alternatives), each alternative

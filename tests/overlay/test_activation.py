@@ -19,6 +19,9 @@ The fresh-interpreter tests need the package installed (`pip install -e .` or `p
 `transformers_overlay.pth` into site-packages.
 """
 
+import contextlib
+import dataclasses
+import importlib
 import json
 import os
 import subprocess
@@ -37,10 +40,13 @@ from parameterized import parameterized
 
 from transformers.testing_utils import require_torch
 from transformers_overlay import _activation, patching
-from transformers_overlay._activation import OPT_OUT_ENV, PATCHED_MODULES
+from transformers_overlay._activation import OPT_OUT_ENV
+from transformers_overlay.model_table import MODEL_TABLE
 
 
-# Where the function the overlay installs is defined (the mirror modules bind it).
+# model type -> the transformers module the overlay patches, as the model table says
+PATCHED_MODULES = {model_type: entry.module for model_type, entry in MODEL_TABLE.items()}
+# Where the function the overlay installs lives: its `__module__`.
 STABLE_MODULE = "transformers_overlay.integrations.overlay_eager_attention"
 PTH_FILE = Path(__file__).parents[2] / "src" / "transformers_overlay.pth"
 OVERLAY_WARNING = "Warning: transformers-overlay"
@@ -50,28 +56,30 @@ def patchable_model_types() -> tuple[str, ...]:
     """The model types whose module in the installed transformers has the module-level function the overlay replaces."""
     installed = Version(Version(metadata.version("transformers")).base_version)
     return tuple(
-        model_type
-        for model_type, first in patching.FIRST_PATCHABLE_RELEASE.items()
-        if installed >= Version(first) and model_type in PATCHED_MODULES
+        model_type for model_type, entry in MODEL_TABLE.items() if installed >= Version(entry.first_patchable_release)
     )
 
 
 PATCHABLE_MODEL_TYPES = patchable_model_types()
-# What `status()` says of a model type that has no module-level function in the installed transformers.
-NOT_PATCHABLE_STATE = r"^stock \(transformers \S+ has no module-level `eager_attention_forward` here \(it has since "
+# What `status()` says of a model type that has no module-level function (or no model) in the installed transformers.
+NOT_PATCHABLE_STATE = (
+    r"^stock \(transformers \S+ has no (module-level `eager_attention_forward` here \(it has since |\S+ model \()"
+)
 
 # Prints, as JSON, what a fresh interpreter holds right after start and after importing the two patched modules.
 PROBE = """
 import json, sys
 started = {name: name in sys.modules for name in ("torch", "transformers", "transformers_overlay._activation")}
 started["transformers_overlay.patching"] = "transformers_overlay.patching" in sys.modules
-hook = [type(finder).__name__ for finder in sys.meta_path if type(finder).__name__ == "PatchOnImportFinder"]
+hook = [type(finder).__name__ for finder in sys.meta_path if type(finder).__name__ == "PostImportHookFinder"]
 imported = {}
 for model_type, module_name in json.loads(sys.argv[1]).items():
     try:
         module = __import__(module_name, fromlist=["eager_attention_forward"])
-        function = getattr(module, "eager_attention_forward", None)  # absent before FIRST_PATCHABLE_RELEASE
+        function = getattr(module, "eager_attention_forward", None)  # absent before its first patchable release
         imported[model_type] = None if function is None else function.__module__
+    except ModuleNotFoundError as error:  # a model this transformers does not have
+        imported[model_type] = "absent" if module_name.startswith(error.name or "?") else repr(error)
     except Exception as error:
         imported[model_type] = f"{type(error).__name__}: {error}"
 import transformers_overlay
@@ -129,6 +137,8 @@ def eager_attention_forward(module, query, key, value, attention_mask, scaling, 
 RAISING_MODULE = """
 raise RuntimeError("this modeling module is broken")
 """
+# The modules of the fake transformers the tests write: two model types of the table.
+FAKE_MODULES = {model_type: PATCHED_MODULES[model_type] for model_type in ("qwen2", "siglip")}
 
 
 class ImportHookTest(unittest.TestCase):
@@ -146,24 +156,27 @@ class ImportHookTest(unittest.TestCase):
     def test_fresh_interpreter_runs_the_stable_function(self):
         report, stderr = probe()
 
-        self.assertEqual(report["hook"], ["PatchOnImportFinder"])
-        expected = {
-            model_type: STABLE_MODULE if model_type in PATCHABLE_MODEL_TYPES else None
-            for model_type in PATCHED_MODULES
-        }
-        self.assertEqual(report["imported"], expected)
+        self.assertEqual(report["hook"], ["PostImportHookFinder"])
+        for model_type in PATCHED_MODULES:
+            if model_type in PATCHABLE_MODEL_TYPES:
+                self.assertEqual(report["imported"][model_type], STABLE_MODULE)
+            else:
+                self.assertIn(report["imported"][model_type], (None, "absent"))
+        self.assertEqual(set(report["status"]["models"]), set(MODEL_TABLE))
+        present = [model_type for model_type in PATCHED_MODULES if report["imported"][model_type] != "absent"]
         for model_type, entry in report["status"]["models"].items():
             if model_type in PATCHABLE_MODEL_TYPES:
                 self.assertEqual(entry["state"], "patched")
-            else:
+            elif model_type in present:
                 self.assertRegex(entry["state"], NOT_PATCHABLE_STATE)
-        # One warning per model type the overlay cannot patch in this transformers, none otherwise.
-        self.assertEqual(count_overlay_warnings(stderr), len(PATCHED_MODULES) - len(PATCHABLE_MODEL_TYPES), stderr)
+        # One warning per imported model type the overlay cannot patch in this transformers, none otherwise.
+        unpatchable = [model_type for model_type in present if model_type not in PATCHABLE_MODEL_TYPES]
+        self.assertEqual(count_overlay_warnings(stderr), len(unpatchable), stderr)
 
     def test_interpreter_start_imports_neither_torch_nor_transformers(self):
         report, _ = probe(modules={})
 
-        self.assertEqual(report["hook"], ["PatchOnImportFinder"])
+        self.assertEqual(report["hook"], ["PostImportHookFinder"])
         self.assertEqual(
             report["started"],
             {
@@ -195,7 +208,7 @@ class ImportHookTest(unittest.TestCase):
         # The `.pth` line repeats the opt-out rule so that an opted-out interpreter does not import the hook module.
         code = (
             f"exec(open({str(PTH_FILE)!r}).read())\n"
-            "print(any(type(finder).__name__ == 'PatchOnImportFinder' for finder in sys.meta_path))"
+            "print(any(type(finder).__name__ == 'PostImportHookFinder' for finder in sys.meta_path))"
         )
         package_root = Path(_activation.__file__).parents[1]
         environment = {**os.environ, OPT_OUT_ENV: value, "PYTHONPATH": str(package_root)}
@@ -213,11 +226,11 @@ class ImportHookTest(unittest.TestCase):
         report, stderr = probe(env={OPT_OUT_ENV: "1"})
 
         self.assertEqual(report["hook"], [])
-        expected = {
-            model_type: module_name if model_type in PATCHABLE_MODEL_TYPES else None
-            for model_type, module_name in PATCHED_MODULES.items()
-        }
-        self.assertEqual(report["imported"], expected)
+        for model_type, module_name in PATCHED_MODULES.items():
+            if model_type in PATCHABLE_MODEL_TYPES:
+                self.assertEqual(report["imported"][model_type], module_name)
+            else:
+                self.assertIn(report["imported"][model_type], (None, "absent"))
         self.assertTrue(report["status"]["opt_out"])
         self.assertFalse(report["status"]["import_hook"])
         self.assertEqual(report["status"]["activation"], f"installed, disabled by {OPT_OUT_ENV}")
@@ -269,7 +282,7 @@ class ImportHookTest(unittest.TestCase):
     def test_signature_mismatch_is_left_alone_with_one_warning(self):
         with tempfile.TemporaryDirectory() as root:
             write_fake_transformers(Path(root), "5.23.0", {"qwen2": OTHER_SIGNATURE, "siglip": UPSTREAM_SIGNATURE})
-            report, stderr = probe(pythonpath=root)
+            report, stderr = probe(pythonpath=root, modules=FAKE_MODULES)
 
         self.assertEqual(report["imported"]["qwen2"], PATCHED_MODULES["qwen2"])
         qwen2_state = report["status"]["models"]["qwen2"]["state"]
@@ -283,9 +296,9 @@ class ImportHookTest(unittest.TestCase):
     def test_unsupported_transformers_is_left_alone_with_one_warning(self):
         with tempfile.TemporaryDirectory() as root:
             write_fake_transformers(Path(root), "4.30.0", {"qwen2": UPSTREAM_SIGNATURE, "siglip": UPSTREAM_SIGNATURE})
-            report, stderr = probe(pythonpath=root)
+            report, stderr = probe(pythonpath=root, modules=FAKE_MODULES)
 
-        self.assertEqual(report["imported"], {"qwen2": PATCHED_MODULES["qwen2"], "siglip": PATCHED_MODULES["siglip"]})
+        self.assertEqual(report["imported"], FAKE_MODULES)
         for entry in report["status"]["models"].values():
             self.assertIn("outside the supported range", entry["state"])
         self.assertEqual(count_overlay_warnings(stderr), 1, stderr)
@@ -305,21 +318,87 @@ class ImportHookTest(unittest.TestCase):
         self.assertEqual(result.stdout.split(), [PATCHED_MODULES["qwen2"], STABLE_MODULE])
 
 
+class PostImportHookTest(unittest.TestCase):
+    """The generic mechanism under the import hook: hooks run once a module has executed, whatever they do."""
+
+    def setUp(self):
+        self.root = tempfile.TemporaryDirectory()
+        self.addCleanup(self.root.cleanup)
+        self.name = f"overlay_post_import_probe_{self.id().rsplit('.', 1)[-1]}"
+        (Path(self.root.name) / f"{self.name}.py").write_text("VALUE = 1\n")
+        for patcher in (
+            mock.patch.object(sys, "path", [self.root.name, *sys.path]),
+            mock.patch.object(sys, "meta_path", list(sys.meta_path)),
+            mock.patch.dict(sys.modules),
+            mock.patch.object(_activation, "_post_import_hooks", {}),
+            mock.patch.object(_activation, "_warned", set()),
+        ):
+            patcher.start()
+            self.addCleanup(patcher.stop)
+        _activation.install_post_import_finder()
+
+    def test_hook_runs_after_the_module_executed(self):
+        seen = []
+        _activation.register_post_import_hook(self.name, lambda module: seen.append(module.VALUE))
+        self.assertEqual(seen, [])
+
+        module = importlib.import_module(self.name)
+
+        self.assertEqual(seen, [1])
+        self.assertIs(sys.modules[self.name], module)
+
+    def test_hook_named_by_a_string_is_imported_when_the_module_is(self):
+        hooks = types.ModuleType(f"{self.name}_hooks")
+        hooks.mark = lambda module: setattr(module, "MARKED", True)
+        sys.modules[hooks.__name__] = hooks
+        _activation.register_post_import_hook(self.name, f"{hooks.__name__}:mark")
+        _activation.register_post_import_hook(self.name, f"{hooks.__name__}:mark")  # registered once
+
+        module = importlib.import_module(self.name)
+
+        self.assertTrue(module.MARKED)
+        self.assertEqual(len(_activation._post_import_hooks[self.name]), 1)
+
+    def test_module_imported_before_registration_is_hooked_at_once(self):
+        module = importlib.import_module(self.name)
+        seen = []
+        _activation.register_post_import_hook(self.name, seen.append)
+        self.assertEqual(seen, [module])
+
+    def test_failing_hook_warns_once_and_the_import_goes_on(self):
+        def broken(module):
+            raise RuntimeError("broken hook")
+
+        _activation.register_post_import_hook(self.name, broken)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            module = importlib.import_module(self.name)
+
+        self.assertEqual(module.VALUE, 1)
+        self.assertEqual(len(caught), 1)
+        self.assertIn("broken hook", str(caught[0].message))
+
+    def test_other_modules_are_not_wrapped(self):
+        finder = next(f for f in sys.meta_path if isinstance(f, _activation.PostImportHookFinder))
+        self.assertIsNone(finder.find_spec(self.name))
+
+
 @require_torch
 class PatchingApiTest(unittest.TestCase):
     """`apply()`, `revert()`, `disabled()` and `status()` in this process; each test restores the state it found."""
 
     def setUp(self):
-        import importlib
-
-        self.modules = {model_type: importlib.import_module(name) for model_type, name in PATCHED_MODULES.items()}
+        self.modules = {}  # the model table's modules this transformers has
+        for model_type, name in PATCHED_MODULES.items():
+            with contextlib.suppress(ModuleNotFoundError):
+                self.modules[model_type] = importlib.import_module(name)
         self.state = (patching._enabled, dict(patching._originals), dict(patching._skipped))
         self.functions = self.current_functions()
         with patching.disabled():
             self.stock = self.current_functions()
-        from transformers_overlay.models.qwen2.modeling_qwen2 import eager_attention_forward
+        from transformers_overlay.integrations.overlay_eager_attention import overlay_eager_attention_forward
 
-        self.stable = eager_attention_forward  # what the overlay installs
+        self.stable = overlay_eager_attention_forward
 
     def tearDown(self):
         for model_type, function in self.functions.items():
@@ -343,7 +422,7 @@ class PatchingApiTest(unittest.TestCase):
         """What `apply()` leaves: the stable function wherever transformers has a module-level one to replace."""
         return {
             model_type: self.stable if model_type in PATCHABLE_MODEL_TYPES else self.stock[model_type]
-            for model_type in PATCHED_MODULES
+            for model_type in self.modules
         }
 
     def assert_state(self, status, model_type, state):
@@ -423,8 +502,12 @@ class PatchingApiTest(unittest.TestCase):
             self.assertRegex(entry["state"], rf"^({'|'.join(patching.STATES)})( \(.+\))?$")
 
     def test_activation_follows_revert_and_apply(self):
-        hook = [] if _activation.import_hook_installed() else [_activation.PatchOnImportFinder()]
-        with mock.patch.object(sys, "meta_path", [*hook, *sys.meta_path]):
+        with (
+            mock.patch.object(sys, "meta_path", list(sys.meta_path)),
+            mock.patch.dict(_activation._post_import_hooks),
+            mock.patch.dict(os.environ, {OPT_OUT_ENV: ""}),
+        ):
+            _activation.install_import_hook()
             self.assertEqual(patching.revert()["activation"], "installed, stopped by revert()")
             self.assertEqual(patching.apply()["activation"], "installed, active")
 
@@ -436,7 +519,9 @@ class PatchingApiTest(unittest.TestCase):
         fake.eager_attention_forward = eager_attention_forward
         with (
             mock.patch.dict(sys.modules, {"fake_modeling_qwen2": fake}),
-            mock.patch.dict(PATCHED_MODULES, {"qwen2": "fake_modeling_qwen2"}),
+            mock.patch.dict(
+                MODEL_TABLE, {"qwen2": dataclasses.replace(MODEL_TABLE["qwen2"], module="fake_modeling_qwen2")}
+            ),
             mock.patch.dict(patching._originals, clear=True),
             mock.patch.object(_activation, "_warned", set()),
             warnings.catch_warnings(record=True) as caught,
@@ -453,7 +538,9 @@ class PatchingApiTest(unittest.TestCase):
 
     @parameterized.expand([("apply",), ("revert",)])
     def test_unknown_model_type_is_rejected_before_any_change(self, function_name):
-        with self.assertRaisesRegex(ValueError, r"unknown model type 'llama': the overlay patches qwen2, siglip"):
+        with self.assertRaisesRegex(
+            ValueError, rf"unknown model type 'llama': the overlay patches {', '.join(MODEL_TABLE)}$"
+        ):
             getattr(patching, function_name)(["qwen2", "llama"])
         self.assertEqual(self.current_functions(), self.functions)
         self.assertEqual(patching._enabled, self.state[0])

@@ -31,6 +31,7 @@ from transformers import is_torch_available
 from transformers.testing_utils import require_torch
 from transformers_overlay import cli
 from transformers_overlay._activation import OPT_OUT_ENV
+from transformers_overlay.model_table import MODEL_TABLE
 
 
 if is_torch_available():
@@ -49,10 +50,10 @@ def run_check(*args):
 
 def patchable_model_types() -> list[str]:
     """The model types whose module in the installed transformers has the module-level function the overlay replaces."""
-    from transformers_overlay.patching import FIRST_PATCHABLE_RELEASE
-
     installed = Version(Version(metadata.version("transformers")).base_version)
-    return sorted(model_type for model_type, first in FIRST_PATCHABLE_RELEASE.items() if installed >= Version(first))
+    return [
+        model_type for model_type, entry in MODEL_TABLE.items() if installed >= Version(entry.first_patchable_release)
+    ]
 
 
 def table_rows(output: str, attention: str) -> list[str]:
@@ -96,20 +97,20 @@ class CheckBuiltinModelsTest(unittest.TestCase):
         self.assertIn(f": installed, active (opt-out {OPT_OUT_ENV} not set)\n", output)
         self.assertIn(f"transformers {metadata.version('transformers')}", output)
         self.assertIn(f"torch {torch.__version__}", output)
-        self.assertIn("qwen2   transformers.models.qwen2.modeling_qwen2: patched", output)
         patchable = patchable_model_types()
-        if "siglip" in patchable:
-            self.assertIn("siglip  transformers.models.siglip.modeling_siglip: patched", output)
-        else:  # SigLIP's eager attention is inside its class before FIRST_PATCHABLE_RELEASE["siglip"]
-            self.assertIn("siglip  transformers.models.siglip.modeling_siglip: stock (", output)
-            self.assertIn("has no module-level `eager_attention_forward`", output)
+        # A status line per model type of the table: patched where this transformers has the module-level function.
+        width = max(map(len, MODEL_TABLE))
+        for model_type, entry in MODEL_TABLE.items():
+            state = "patched" if model_type in patchable else "stock ("
+            self.assertIn(f"  {model_type:<{width}}  {entry.module}: {state}", output)
         self.assertIn(f"By default, eager attention of {', '.join(patchable)} runs the overlay.", output)
-        # One row per model, dtype and attention; stock eager reproduces P-001 in float16, the overlay clears all.
+        # One row per patchable model type, dtype and attention; stock eager gives NaN in float16, the overlay clears.
         stock_rows = table_rows(output, "eager stock")
-        self.assertEqual(len(stock_rows), 4)
-        self.assertEqual(sum(" float16 " in row and "  yes  " in row for row in stock_rows), 2)
+        self.assertEqual(len(stock_rows), 2 * len(patchable))
+        self.assertEqual([row.split()[0] for row in stock_rows], [t for t in patchable for _ in range(2)])
+        self.assertEqual(sum(" float16 " in row and "  yes  " in row for row in stock_rows), len(patchable))
         overlay_rows = table_rows(output, "eager overlay")
-        self.assertEqual(len(overlay_rows), 4)
+        self.assertEqual(len(overlay_rows), 2 * len(patchable))
         self.assertTrue(all(row.endswith("clears") and "  no  " in row for row in overlay_rows), overlay_rows)
         self.assertIn("random weights leave near-ties", output)  # why top-1 agreement is low even for sdpa
         self.assertTrue(output.rstrip().splitlines()[-1].startswith("PASS: the overlay clears P-001"))
@@ -145,19 +146,35 @@ class CheckBuiltinModelsTest(unittest.TestCase):
 
     def test_check_fails_when_the_overlay_does_not_clear(self):
         # With transformers' own functions standing in for the overlay, P-001 is not cleared and the check says so.
-        model_types = reproduction.replaceable_model_types(("qwen2", "siglip"))
+        from transformers_overlay.model_table import model_type_of_module
+
+        model_types = reproduction.replaceable_model_types(["qwen2", "siglip"])
         stock = {model_type: reproduction.stock_eager_attention(model_type) for model_type in model_types}
 
         def stock_eager_attention(module, *args, **kwargs):
-            model_type = "qwen2" if hasattr(module, "num_key_value_groups") else "siglip"
-            return stock[model_type](module, *args, **kwargs)
+            return stock[model_type_of_module(type(module).__module__)](module, *args, **kwargs)
 
-        with mock.patch.object(reproduction, "stable_eager_attention_forward", stock_eager_attention):
-            code, output, _ = run_check("--dtype", "float16")
+        with mock.patch.object(reproduction, "overlay_eager_attention_forward", stock_eager_attention):
+            code, output, _ = run_check("--model", "siglip", "--dtype", "float16")
 
         self.assertEqual(code, cli.EXIT_NOT_CLEARED, output)
         self.assertTrue(all(row.endswith("FAILS") for row in table_rows(output, "eager overlay")))
         self.assertTrue(output.rstrip().splitlines()[-1].startswith("FAIL: the overlay does not clear P-001"))
+
+    @parameterized.expand([(model_type,) for model_type in MODEL_TABLE])
+    def test_model_type_runs_its_tiny_model_only(self, model_type):
+        if model_type not in patchable_model_types():
+            code, output, error = run_check("--model", model_type, "--dtype", "bfloat16")
+            self.assertEqual((code, output), (cli.EXIT_UNAVAILABLE, ""))
+            self.assertIn(f"--model {model_type}: stock (", error)
+            return
+        code, output, _ = run_check("--model", model_type, "--dtype", "bfloat16")
+
+        self.assertEqual(code, cli.EXIT_CLEARED, output)
+        (stock_row,) = table_rows(output, "eager stock")
+        self.assertTrue(stock_row.startswith(f"{model_type}  bfloat16"), stock_row)
+        (overlay_row,) = table_rows(output, "eager overlay")
+        self.assertTrue(overlay_row.endswith("clears"), overlay_row)
 
     @unittest.skipIf(is_torch_available() and torch.cuda.is_available(), "CUDA is available here")
     def test_cuda_device_without_cuda(self):
@@ -245,4 +262,7 @@ class CheckLocalCheckpointTest(unittest.TestCase):
 
         path = os.path.join(self.directory.name, "tiny-llama")
         LlamaConfig(hidden_size=16, num_attention_heads=2, num_hidden_layers=1).save_pretrained(path)
-        self.assert_unavailable(path, "is a 'llama' model; the overlay covers model types qwen2, llava_onevision")
+        self.assert_unavailable(
+            path,
+            f"is a 'llama' model, which runs none of the model types the overlay covers ({', '.join(MODEL_TABLE)})",
+        )

@@ -41,10 +41,11 @@ if is_torch_available():
         overlay_eager_attention_forward,
     )
     from transformers_overlay.integrations.stable_eager_attention import eager_attention_forward
+    from transformers_overlay.model_table import MODEL_TABLE
 
     with patching.disabled():  # transformers' own functions, whether or not the overlay replaced them
         UPSTREAM_QWEN2_EAGER = modeling_qwen2.eager_attention_forward
-        # None before `patching.FIRST_PATCHABLE_RELEASE["siglip"]`: SigLIP's eager attention was inside its class.
+        # None before the model table's first patchable release of siglip: SigLIP's eager attention was inside its class.
         UPSTREAM_SIGLIP_EAGER = getattr(modeling_siglip, patching.PATCHED_ATTRIBUTE, None)
 
     class AttentionModuleStub(nn.Module):
@@ -146,7 +147,7 @@ class StableEagerAttentionFloat32Test(unittest.TestCase):
         if UPSTREAM_SIGLIP_EAGER is None:
             self.skipTest(
                 f"transformers {patching.transformers_version()} has no module-level SigLIP eager function (it has "
-                f"since {patching.FIRST_PATCHABLE_RELEASE['siglip']}), so the overlay does not replace it"
+                f"since {MODEL_TABLE['siglip'].first_patchable_release}), so the overlay does not replace it"
             )
         # SigLIP's attention layer has no `num_key_value_groups`.
         query, key, value = make_qkv(num_heads=4, num_key_value_heads=4, query_len=16)

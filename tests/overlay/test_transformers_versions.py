@@ -31,7 +31,7 @@ from parameterized import parameterized
 from transformers import is_torch_available
 from transformers.testing_utils import require_torch, torch_device
 from transformers_overlay import _activation, patching
-from transformers_overlay._activation import PATCHED_MODULES
+from transformers_overlay.model_table import MODEL_TABLE
 
 
 if is_torch_available():
@@ -40,7 +40,9 @@ if is_torch_available():
     from transformers import Qwen2Config, Qwen2ForCausalLM
     from transformers.models.qwen2 import modeling_qwen2
     from transformers.models.siglip import modeling_siglip
-    from transformers_overlay.integrations.stable_eager_attention import eager_attention_forward
+    from transformers_overlay.integrations.overlay_eager_attention import (
+        overlay_eager_attention_forward as eager_attention_forward,
+    )
 
     # 4.48-4.52: the mask comes from `_update_causal_mask`, and sdpa falls back to eager for `output_attentions`.
     MASK_FROM_UPDATE_CAUSAL_MASK = hasattr(modeling_qwen2.Qwen2Model, "_update_causal_mask")
@@ -89,18 +91,20 @@ class TransformersVersionGateTest(unittest.TestCase):
     def test_unsupported_release_is_left_stock_with_one_warning(self, _, fake_version):
         with overlay_state_restored(), mock.patch.object(patching, "transformers_version", return_value=fake_version):
             _activation._warned.clear()
-            stock = {
-                model_type: getattr(importlib.import_module(module_name), patching.PATCHED_ATTRIBUTE, None)
-                for model_type, module_name in PATCHED_MODULES.items()
-            }
+            stock = {}  # the model table's modules this transformers has
+            for model_type, entry in MODEL_TABLE.items():
+                with contextlib.suppress(ModuleNotFoundError):
+                    module = importlib.import_module(entry.module)
+                    stock[model_type] = getattr(module, patching.PATCHED_ATTRIBUTE, None)
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
                 patching.apply()
                 status = patching.apply()  # a second attempt must not warn again
 
             self.assertFalse(status["transformers_supported"])
-            for model_type, module_name in PATCHED_MODULES.items():
-                self.assertIs(getattr(sys.modules[module_name], patching.PATCHED_ATTRIBUTE, None), stock[model_type])
+            for model_type, function in stock.items():
+                module = sys.modules[MODEL_TABLE[model_type].module]
+                self.assertIs(getattr(module, patching.PATCHED_ATTRIBUTE, None), function)
                 self.assertEqual(
                     status["models"][model_type]["state"],
                     f"stock (transformers {fake_version} is outside the supported range >=4.48,<5.24)",
@@ -111,12 +115,12 @@ class TransformersVersionGateTest(unittest.TestCase):
 
     def test_unsupported_release_is_reported_before_import(self):
         with mock.patch.object(patching, "transformers_version", return_value="5.24.0"), mock.patch.dict(sys.modules):
-            for module_name in PATCHED_MODULES.values():
-                sys.modules.pop(module_name, None)
+            for entry in MODEL_TABLE.values():
+                sys.modules.pop(entry.module, None)
             status = patching.status()
 
         self.assertFalse(status["transformers_supported"])
-        for model_type in PATCHED_MODULES:
+        for model_type in MODEL_TABLE:
             self.assertEqual(
                 status["models"][model_type]["state"],
                 "not imported (will stay stock: transformers 5.24.0 is outside the supported range >=4.48,<5.24)",
