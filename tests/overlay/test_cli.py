@@ -129,7 +129,7 @@ class CheckBuiltinModelsTest(unittest.TestCase):
         self.assertEqual(result.returncode, cli.EXIT_NOT_ACTIVE, output + result.stderr)
         header = output.splitlines()[0]
         self.assertTrue(header.endswith(f": installed, disabled by {OPT_OUT_ENV} (set to '1')"), header)
-        self.assertIn("qwen2   transformers.models.qwen2.modeling_qwen2: stock\n", output)
+        self.assertRegex(output, r"(?m)^  qwen2 +transformers\.models\.qwen2\.modeling_qwen2: stock$")
         self.assertIn(f"runs STOCK transformers code: the opt-out {OPT_OUT_ENV}=1 is set", output)
         self.assertTrue(all(row.endswith("clears") for row in table_rows(output, "eager overlay")))
         self.assertTrue(output.rstrip().splitlines()[-1].startswith("NOT ACTIVE: the overlay clears P-001"))
