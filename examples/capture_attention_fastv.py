@@ -4,12 +4,16 @@ FastV ranks the image tokens by the attention the last prompt token pays them in
 layer index 1), averaged over heads, and keeps the best ones. `capture_attention` computes exactly that one float32
 row while the model keeps running sdpa in float16: no eager backend, no `(heads, tokens, tokens)` tensor per layer.
 
-To run it on a real checkpoint, replace `tiny_model_and_inputs()` with:
+Runs offline as it is: `python examples/capture_attention_fastv.py`. To run it on a real checkpoint (about 16 GB to
+download unless cached; `AutoProcessor` needs torchvision, `device_map` needs accelerate), replace
+`tiny_model_and_inputs()` with:
 
     model = LlavaOnevisionForConditionalGeneration.from_pretrained(
         "llava-hf/llava-onevision-qwen2-7b-ov-hf", dtype=torch.float16, attn_implementation="sdpa", device_map="auto"
     )
     processor = AutoProcessor.from_pretrained("llava-hf/llava-onevision-qwen2-7b-ov-hf")
+    image = PIL.Image.open("your-image.jpg")
+    prompt = "<|im_start|>user\n<image>\nDescribe this image.<|im_end|>\n<|im_start|>assistant\n"
     inputs = processor(images=image, text=prompt, return_tensors="pt").to(model.device, torch.float16)
 """
 

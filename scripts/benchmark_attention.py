@@ -14,8 +14,9 @@ float32-output route of the scores (`torch.bmm(..., out_dtype=torch.float32)`), 
 How it measures:
 - Each cell runs in a fresh worker process, with torch's default thread count unless `--threads` is given. The worker
   builds the inputs as the model's projections lay them out, calls every contender once on a short input (code pages,
-  one-time set-up), then measures each contender's peak memory on one call, then times them in rounds, rotating the
-  order every round, until `--time-budget` seconds have passed (at least `--min-rounds` rounds); the median is kept.
+  one-time set-up), then measures each contender's peak memory on one call (timed too: round 0), then times them in
+  rounds, rotating the order every round, until `--time-budget` seconds have passed (at least `--min-rounds` rounds
+  in all); the median is kept.
 - Peak memory on CPU: the peak resident set size (`VmHWM`, reset through `/proc/self/clear_refs`) above the resident
   set before the call, returned tensors included. Workers run with `MALLOC_MMAP_THRESHOLD_=65536`, so glibc returns
   freed tensors to the system and a call's peak is its own. On CUDA: `torch.cuda.max_memory_allocated()` above the
@@ -188,13 +189,18 @@ def _worker(cell):
         for call in calls(WARMUP_LENGTH).values():
             call()
         timed = calls(cell["length"])
-        result["peak_bytes"] = {name: _peak_bytes(call, device) for name, call in timed.items()}
+        # Round 0 measures each contender's peak memory (and its time); later rounds rotate the order.
+        times, started = {name: [] for name in timed}, time.perf_counter()
+        result["peak_bytes"] = {}
+        for name, call in timed.items():
+            start = time.perf_counter()
+            result["peak_bytes"][name] = _peak_bytes(call, device)
+            times[name].append(time.perf_counter() - start)
         output, weights = timed["overlay"]()
         result["weights_bytes"] = weights.numel() * weights.element_size()
         result["finite"] = bool(torch.isfinite(output).all() and torch.isfinite(weights).all())
         del output, weights
-        times = {name: [] for name in timed}
-        names, started, round_index = list(timed), time.perf_counter(), 0
+        names, round_index = list(timed), 1
         while round_index < cell["min_rounds"] or time.perf_counter() - started < cell["time_budget"]:
             shift = round_index % len(names)
             for name in names[shift:] + names[:shift]:

@@ -26,10 +26,14 @@ Qwen2-7B's attention geometry (28 query / 4 key-value heads of dim 128).
   Qwen2-7B's layer sizes (hidden 3584, MLP 18944), where the MLP dominates, and again after `--long-prompt-tokens` on
   the memory model, where attention dominates; median and minimum over `--repeats` interleaved runs, and the share of
   the time spent inside the capture computation (timed around it, steadier than total times on a busy CPU). Torch runs on
-  `--threads` threads (default 1: on a shared CPU, multi-threaded small ops wait on each other and swamp the timings).
+  `--threads` threads (default: torch's own default; the README's figures use 1, because on a shared CPU multi-threaded
+  small ops wait on each other and swamp the timings).
 
-    python scripts/benchmark_capture.py --json benchmark_capture.json   # full run
-    python scripts/benchmark_capture.py --quick                         # small sizes, for a smoke test
+Results go to stdout as tables, and the full report as JSON to `--json PATH` (default: `DEFAULT_JSON`, in the system's
+temporary directory, never inside the repository).
+
+    python scripts/benchmark_capture.py --threads 1 --json capture.json   # the README's full run
+    python scripts/benchmark_capture.py --quick                           # small sizes, for a smoke test
 """
 
 import argparse
@@ -41,6 +45,7 @@ import platform
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from unittest import mock
 
@@ -65,6 +70,7 @@ CONFIGURATIONS = {
     "eager + output_attentions": ("eager", None, True),
 }
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+DEFAULT_JSON = os.path.join(tempfile.gettempdir(), "transformers-overlay", "benchmark_capture.json")
 
 
 def build_model(hidden_size: int, intermediate_size: int, num_layers: int, max_positions: int, dtype: torch.dtype):
@@ -300,7 +306,9 @@ def parse_args():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="small sizes for a smoke test")
     parser.add_argument("--dtype", choices=DTYPES, default="bfloat16")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (1 is steadiest on a shared CPU)")
+    parser.add_argument(
+        "--threads", type=int, help="torch threads (default: torch's default; 1 is steadiest on a shared CPU)"
+    )
     parser.add_argument("--memory-tokens", type=int, default=8192)
     parser.add_argument("--memory-layers", type=int, default=2)
     parser.add_argument("--memory-hidden-size", type=int, default=512)
@@ -320,21 +328,23 @@ def parse_args():
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--skip-memory", action="store_true")
     parser.add_argument("--skip-speed", action="store_true")
-    parser.add_argument("--json", default="benchmark_capture.json", help="where to write the report")
+    parser.add_argument("--json", default=DEFAULT_JSON, help="where to write the full report (default: %(default)s)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.quick:
-        args.memory_tokens, args.memory_hidden_size = 1024, 256
-        args.speed_hidden_size, args.speed_intermediate_size = 512, 1024
-        args.prompt_tokens, args.new_tokens = 64, 8
-        args.long_prompt_tokens, args.long_new_tokens = 512, 4
+    if args.quick:  # a smoke test of every configuration; most of its time is the 5 processes importing torch
+        args.memory_tokens, args.memory_hidden_size = 512, 128
+        args.speed_hidden_size, args.speed_intermediate_size = 256, 512
+        args.prompt_tokens, args.new_tokens = 32, 4
+        args.long_prompt_tokens, args.long_new_tokens = 256, 2
+        args.repeats = 2
     args.dtype_name, args.dtype = args.dtype, DTYPES[args.dtype]
     return args
 
 
 def main():
     args = parse_args()
-    torch.set_num_threads(args.threads)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     if args.worker:
         print(json.dumps(memory_worker(args)))
         return
@@ -380,6 +390,7 @@ def main():
             )
     environment["total_seconds"] = time.perf_counter() - start
     print_tables(report)
+    os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
     with open(args.json, "w") as file:
         json.dump(report, file, indent=2)
     print(f"wrote {args.json} ({environment['total_seconds']:.0f} s)")

@@ -21,9 +21,14 @@ OVERLAY_HOOK = "transformers_overlay.patching:patch_loaded_module"
 _post_import_hooks = {}  # module name -> hooks (callables or "module:function" strings), in registration order
 
 
+# Values of OPT_OUT_ENV that leave the overlay on. `transformers_overlay.pth` repeats this rule so that an opted-out
+# interpreter does not even import this module (tests/overlay/test_activation.py checks that the two agree).
+OPT_OUT_OFF_VALUES = ("", "0", "false", "no")
+
+
 def opt_out_is_set() -> bool:
-    """True when the opt-out variable is set to anything but "", "0", "false" or "no"."""
-    return os.environ.get(OPT_OUT_ENV, "").strip().lower() not in ("", "0", "false", "no")
+    """True when the opt-out variable is set to anything but "", "0", "false" or "no" (case and spaces ignored)."""
+    return os.environ.get(OPT_OUT_ENV, "").strip().lower() not in OPT_OUT_OFF_VALUES
 
 
 def _resolve(hook):
@@ -117,8 +122,9 @@ def import_hook_installed() -> bool:
 
 def install_import_hook() -> None:
     """
-    Activation: registers `OVERLAY_HOOK` for every module of the model table, unless the opt-out is set. Modules
-    already imported (e.g. by a sitecustomize) are patched at once. Never raises.
+    Activation: registers `OVERLAY_HOOK` for every module of the model table, unless the opt-out is set (the `.pth`
+    file does not even call this then). Modules already imported (e.g. by a sitecustomize) are patched at once. Never
+    raises.
     """
     try:
         if opt_out_is_set():

@@ -101,8 +101,10 @@ def _import_patched_modules() -> str | None:
 
 def _not_active_reason(status: dict, model_types) -> str | None:
     """Why eager attention of `model_types` runs stock code by default in this interpreter; None when it is patched."""
+    from . import patching
+
     states = {model_type: status["models"][model_type]["state"] for model_type in model_types}
-    if all(state == "patched" for state in states.values()):
+    if all(state == patching.PATCHED for state in states.values()):
         return None
     if status["opt_out"]:
         variable = status["opt_out_variable"]
@@ -111,9 +113,14 @@ def _not_active_reason(status: dict, model_types) -> str | None:
         return (
             f"transformers {status['transformers']} is outside the supported range {status['supported_transformers']}"
         )
-    if not status["import_hook"]:
-        return "the import hook is not installed (pip install the package, or call transformers_overlay.apply())"
-    return "; ".join(f"{model_type}: {state}" for model_type, state in states.items() if state != "patched")
+    if status["activation"] == patching.NOT_INSTALLED:
+        return (
+            "the overlay is not installed in this environment, so no import hook patches transformers "
+            "(pip install the package, or call transformers_overlay.apply())"
+        )
+    if status["activation"] == patching.HOOK_NOT_LOADED:
+        return "the import hook was not loaded: site-packages .pth files were not processed (python -S?)"
+    return "; ".join(f"{model_type}: {state}" for model_type, state in states.items() if state != patching.PATCHED)
 
 
 def _print_header(status: dict, device: str) -> None:
@@ -122,12 +129,16 @@ def _print_header(status: dict, device: str) -> None:
     device_name = (
         torch.cuda.get_device_name(device) if device.startswith("cuda") else f"{torch.get_num_threads()} threads"
     )
-    print(f"transformers-overlay {__version__}")
+    variable = status["opt_out_variable"]
+    if not status["opt_out"]:
+        opt_out = f"opt-out {variable} not set"
+    elif variable in status["activation"]:  # "installed, disabled by <variable>"
+        opt_out = f"set to {os.environ.get(variable)!r}"
+    else:
+        opt_out = f"opt-out {variable} set to {os.environ.get(variable)!r}"
+    print(f"transformers-overlay {__version__}: {status['activation']} ({opt_out})")
     print(f"transformers {status['transformers']} (supported {status['supported_transformers']}), ", end="")
     print(f"torch {torch.__version__}, device {device} ({device_name})")
-    opt_out = f"set ({os.environ.get(status['opt_out_variable'])!r})" if status["opt_out"] else "not set"
-    print(f"import hook {'installed' if status['import_hook'] else 'not installed'}, ", end="")
-    print(f"opt-out {status['opt_out_variable']} {opt_out}")
     width = max(len(model_type) for model_type in status["models"])
     for model_type, entry in status["models"].items():
         print(f"  {model_type:<{width}}  {entry['module']}: {entry['state']}")
@@ -164,7 +175,11 @@ def check(model: str | None = None, device: str = "cpu", dtypes=DTYPES) -> int:
     from .model_table import MODEL_TABLE
 
     if model is None or model in MODEL_TABLE:
-        runs = reproduction.builtin_runs(dtypes, device, model_types=None if model is None else [model])
+        try:
+            runs = reproduction.builtin_runs(dtypes, device, model_types=None if model is None else [model])
+        except reproduction.MissingDependency as error:
+            _error(str(error))
+            return EXIT_UNAVAILABLE
         if not runs:
             _error(f"--model {model}: {status['models'][model]['state']}")
             return EXIT_UNAVAILABLE
@@ -220,6 +235,13 @@ def check(model: str | None = None, device: str = "cpu", dtypes=DTYPES) -> int:
             verdict = ("clears" if clears else "FAILS") if variant == "eager overlay" else ""
             print(_format_row((*group, variant, *_measurement_cells(measurement), verdict), name_width), flush=True)
             group = ("", "", "")  # the model, dtype and bias are printed once per group
+    print(
+        "\ntop-1: share of positions whose most likely token matches float32's; for reading only (NaN and KL decide)."
+    )
+    if model is None:
+        print(
+            "The tiny models' random weights leave near-ties between tokens, so even sdpa's top-1 is far from 100% here."
+        )
     print()
     return _verdict(failures, list(dict.fromkeys(stock_nan)), not_active)
 

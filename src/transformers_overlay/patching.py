@@ -11,6 +11,7 @@ import contextlib
 import functools
 import importlib
 import inspect
+import os
 import sys
 
 from ._activation import OPT_OUT_ENV, _warn_once, import_hook_installed, opt_out_is_set
@@ -239,25 +240,65 @@ def disabled():
                 _patch(model_type)
 
 
+# The vocabulary of `status()` and `transformers-overlay check` (the README lists it). The activation of this
+# interpreter, `status()["activation"]`:
+ACTIVE = "installed, active"  # the import hook patches the modules as transformers imports them
+OPTED_OUT = f"installed, disabled by {OPT_OUT_ENV}"  # the opt-out kept the hook out of this interpreter
+REVERTED = "installed, stopped by revert()"  # until apply() is called again
+HOOK_NOT_LOADED = "installed, import hook not loaded"  # site-packages `.pth` files not processed (python -S)
+NOT_INSTALLED = "not installed"  # importable, but no `transformers_overlay.pth`: only apply() patches
+# The state of one model type, `status()["models"][model_type]["state"]`, optionally followed by " (why)":
+PATCHED = "patched"  # imported, eager attention runs the overlay's function
+STOCK = "stock"  # imported, eager attention runs transformers' own function
+NOT_IMPORTED = "not imported"  # transformers has not imported the modeling module yet
+STATES = (PATCHED, STOCK, NOT_IMPORTED)
+ACTIVATION_STATES = (ACTIVE, OPTED_OUT, REVERTED, HOOK_NOT_LOADED, NOT_INSTALLED)
+
+
+def _pth_installed() -> bool:
+    """True when `transformers_overlay.pth` (what `pip install` puts into site-packages) is in a site directory."""
+    import site
+
+    try:
+        directories = [*site.getsitepackages(), site.getusersitepackages()]
+    except Exception:  # a `site` replaced by a virtualenv or an embedding application may lack these
+        directories = sys.path
+    return any(os.path.isfile(os.path.join(directory, "transformers_overlay.pth")) for directory in directories)
+
+
+def _activation() -> str:
+    if import_hook_installed():
+        return ACTIVE if _enabled else REVERTED
+    if not _pth_installed():
+        return NOT_INSTALLED
+    return OPTED_OUT if opt_out_is_set() else HOOK_NOT_LOADED
+
+
 def status() -> dict:
-    """What the overlay does right now: versions, opt-out, import hook, and one entry per model type of the table."""
+    """
+    What the overlay does right now: versions, opt-out, `activation` (one of `ACTIVATION_STATES`) and, per model type
+    of the table, its module and `state` (one of `STATES`, with the reason in parentheses where there is one).
+    """
     version = transformers_version()
     unsupported = _why_unsupported(version)
+    activation = _activation()
     models = {}
     for model_type, entry in MODEL_TABLE.items():
         module = sys.modules.get(entry.module)
         if module is None and unsupported is not None:
-            state = f"not imported; will stay stock ({unsupported})"
-        elif module is None and model_type in _skipped:
-            state = f"stock ({_skipped[model_type]})"
+            state = f"{NOT_IMPORTED} (will stay {STOCK}: {unsupported})"
+        elif module is None and model_type in _skipped:  # this transformers has no such modeling module
+            state = f"{STOCK} ({_skipped[model_type]})"
+        elif module is None and activation == ACTIVE:
+            state = f"{NOT_IMPORTED} (will be {PATCHED} on import)"
         elif module is None:
-            state = "not imported yet" if _enabled and import_hook_installed() else "not imported"
+            state = f"{NOT_IMPORTED} (will stay {STOCK}: overlay {activation}; apply() patches it)"
         elif model_type in _originals:
-            state = "patched"
+            state = PATCHED
         elif model_type in _skipped:
-            state = f"stock ({_skipped[model_type]})"
+            state = f"{STOCK} ({_skipped[model_type]})"
         else:
-            state = "stock"
+            state = STOCK
         models[model_type] = {"module": entry.module, "state": state}
     return {
         "transformers": version,
@@ -266,6 +307,7 @@ def status() -> dict:
         "opt_out_variable": OPT_OUT_ENV,
         "opt_out": opt_out_is_set(),
         "import_hook": import_hook_installed(),
+        "activation": activation,
         "enabled": _enabled,
         "models": models,
     }

@@ -14,12 +14,12 @@ import contextlib
 import copy
 import importlib
 import math
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 import torch
-from PIL import Image
 
 from . import patching
 from .integrations.overlay_eager_attention import overlay_eager_attention_forward
@@ -307,9 +307,27 @@ def tiny_tokenizer():
     )
 
 
+class MissingDependency(ImportError):
+    """An optional package the reproduction needs is not installed; the message says which and how to install it."""
+
+
+def _pil_image_module():
+    """`PIL.Image`, imported on first use: only the LLaVA-OneVision cases need Pillow."""
+    try:
+        from PIL import Image
+    except ImportError:
+        raise MissingDependency(
+            "the LLaVA-OneVision cases need Pillow (transformers' PIL image processor and the synthetic image use it), "
+            "and it is not installed: pip install pillow"
+        ) from None
+    return Image
+
+
 def tiny_image_processor():
     """LLaVA-OneVision's PIL image processor at 32x32 pixels with a small any-resolution grid."""
     import transformers
+
+    _pil_image_module()  # the processor class exists without Pillow but fails when used, with a less precise message
 
     # transformers 5 names the PIL implementation `...Pil`; before, the default class was the PIL one.
     processor_class = getattr(transformers, "LlavaOnevisionImageProcessorPil", None)
@@ -357,11 +375,11 @@ def _deepcopy_loader(model: torch.nn.Module, device: str) -> Callable[[torch.dty
     return lambda dtype: copy.deepcopy(model).to(device=device, dtype=dtype)
 
 
-def synthetic_image(height: int = 40, width: int = 48) -> Image.Image:
-    """A deterministic RGB gradient image."""
+def synthetic_image(height: int = 40, width: int = 48):
+    """A deterministic RGB gradient image (a `PIL.Image.Image`)."""
     rows, columns = np.indices((height, width))
     channels = [(rows + columns) * 3 % 256, (rows * 5) % 256, (255 - columns * 4) % 256]
-    return Image.fromarray(np.stack(channels, axis=-1).astype(np.uint8))
+    return _pil_image_module().fromarray(np.stack(channels, axis=-1).astype(np.uint8))
 
 
 def text_inputs(tokenizer, text: str = PROMPT_TEXT) -> dict:
@@ -557,10 +575,17 @@ def checkpoint_case(name_or_path: str, device: str = "cpu") -> Case:
     import transformers
     from transformers import AutoConfig, AutoImageProcessor, AutoTokenizer
 
+    is_directory = os.path.isdir(name_or_path)
+    if is_directory and not os.path.isfile(os.path.join(name_or_path, "config.json")):
+        raise CheckpointNotAvailable(f"{name_or_path!r} is a directory without config.json, not a checkpoint")
     try:
         config = AutoConfig.from_pretrained(name_or_path, local_files_only=True)
     except (OSError, ValueError) as error:
-        raise CheckpointNotAvailable(f"{name_or_path!r} is not available locally: {first_line(error)}") from None
+        if is_directory:
+            raise CheckpointNotAvailable(
+                f"{name_or_path!r}: config.json cannot be read: {first_line(error)}"
+            ) from None
+        raise CheckpointNotAvailable(_not_found_locally(name_or_path)) from None
     model_class = _checkpoint_model_class(config)
     model_types = () if model_class is None else _model_types_of_class(model_class, config)
     if not model_types:
@@ -568,8 +593,16 @@ def checkpoint_case(name_or_path: str, device: str = "cpu") -> Case:
             f"{name_or_path!r} is a {config.model_type!r} model, which runs none of the model types the overlay "
             f"covers ({', '.join(MODEL_TABLE)})"
         )
+    if is_directory:
+        missing = missing_checkpoint_files(name_or_path, config.model_type)
+        if missing:
+            raise CheckpointNotAvailable(f"{name_or_path!r} has no {'; no '.join(missing)}")
     try:
         tokenizer = AutoTokenizer.from_pretrained(name_or_path, local_files_only=True)
+        if not tokenizer(PROMPT_TEXT)["input_ids"]:  # e.g. a tokenizer_config.json without a vocabulary
+            raise CheckpointNotAvailable(
+                f"{name_or_path!r}: its tokenizer turns text into no tokens (are its tokenizer files complete?)"
+            )
         if config.model_type == "llava_onevision":
             image_processor = AutoImageProcessor.from_pretrained(name_or_path, local_files_only=True)
             inputs = image_text_inputs(config, tokenizer, image_processor)
@@ -610,6 +643,54 @@ def _model_types_of_class(model_class, config) -> tuple[str, ...]:
     """The model table's model types that `model_class(config)` runs, found on weights that are never allocated."""
     with torch.device("meta"):
         return model_types_in(model_class(config))
+
+
+# What a checkpoint directory needs, for `missing_checkpoint_files`: (description, alternatives), each alternative
+# a set of files that together suffice.
+CHECKPOINT_FILES = (
+    (
+        "weights (model.safetensors, pytorch_model.bin, or a sharded index)",
+        (
+            ("model.safetensors",),
+            ("model.safetensors.index.json",),
+            ("pytorch_model.bin",),
+            ("pytorch_model.bin.index.json",),
+        ),
+    ),
+    (
+        "tokenizer files (tokenizer.json, or vocab.json and merges.txt)",
+        (
+            ("tokenizer.json",),
+            ("vocab.json", "merges.txt"),
+            ("tokenizer.model",),
+        ),
+    ),
+)
+IMAGE_PROCESSOR_FILES = ("image processor file (preprocessor_config.json)", (("preprocessor_config.json",),))
+
+
+def missing_checkpoint_files(directory: str, model_type: str) -> list[str]:
+    """What the checkpoint directory lacks for `check --model` (weights, tokenizer, image processor), described."""
+    required = [*CHECKPOINT_FILES, *([IMAGE_PROCESSOR_FILES] if model_type == "llava_onevision" else [])]
+    return [
+        description
+        for description, alternatives in required
+        if not any(all(os.path.isfile(os.path.join(directory, name)) for name in names) for names in alternatives)
+    ]
+
+
+def _not_found_locally(name: str) -> str:
+    """The one-line error for a name that is neither a directory nor a model id in the Hugging Face cache."""
+    if os.path.isabs(name) or name.startswith((".", "~")) or name.count("/") > 1:  # a path, not an `org/name` id
+        return f"{name!r}: no such directory"
+    try:
+        from huggingface_hub.constants import HF_HUB_CACHE
+    except ImportError:
+        HF_HUB_CACHE = "the Hugging Face cache"
+    return (
+        f"{name!r} is not found locally: it is not a directory here, and not in the Hugging Face cache ({HF_HUB_CACHE}). "
+        f"check never downloads: pass the checkpoint's directory, or download it first (hf download {name})"
+    )
 
 
 def first_line(error: Exception) -> str:

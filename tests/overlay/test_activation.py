@@ -69,7 +69,8 @@ NOT_PATCHABLE_STATE = (
 # Prints, as JSON, what a fresh interpreter holds right after start and after importing the two patched modules.
 PROBE = """
 import json, sys
-started = {name: name in sys.modules for name in ("torch", "transformers", "transformers_overlay.patching")}
+started = {name: name in sys.modules for name in ("torch", "transformers", "transformers_overlay._activation")}
+started["transformers_overlay.patching"] = "transformers_overlay.patching" in sys.modules
 hook = [type(finder).__name__ for finder in sys.meta_path if type(finder).__name__ == "PostImportHookFinder"]
 imported = {}
 for model_type, module_name in json.loads(sys.argv[1]).items():
@@ -177,8 +178,48 @@ class ImportHookTest(unittest.TestCase):
 
         self.assertEqual(report["hook"], ["PostImportHookFinder"])
         self.assertEqual(
-            report["started"], {"torch": False, "transformers": False, "transformers_overlay.patching": False}
+            report["started"],
+            {
+                "torch": False,
+                "transformers": False,
+                "transformers_overlay._activation": True,
+                "transformers_overlay.patching": False,
+            },
         )
+        self.assertEqual(report["status"]["activation"], patching.ACTIVE)
+        for entry in report["status"]["models"].values():
+            self.assertEqual(entry["state"], "not imported (will be patched on import)")
+
+    def test_opt_out_skips_the_hook_import(self):
+        report, stderr = probe(env={OPT_OUT_ENV: "1"}, modules={})
+
+        self.assertEqual(report["hook"], [])
+        self.assertFalse(report["started"]["transformers_overlay._activation"])
+        self.assertEqual(report["status"]["activation"], f"installed, disabled by {OPT_OUT_ENV}")
+        for entry in report["status"]["models"].values():
+            self.assertEqual(
+                entry["state"],
+                f"not imported (will stay stock: overlay installed, disabled by {OPT_OUT_ENV}; apply() patches it)",
+            )
+        self.assertEqual(stderr, "")
+
+    @parameterized.expand([(value,) for value in ("1", "true", "YES", " no ", "0", "false", "No", "", "off")])
+    def test_pth_file_and_opt_out_is_set_agree(self, value):
+        # The `.pth` line repeats the opt-out rule so that an opted-out interpreter does not import the hook module.
+        code = (
+            f"exec(open({str(PTH_FILE)!r}).read())\n"
+            "print(any(type(finder).__name__ == 'PostImportHookFinder' for finder in sys.meta_path))"
+        )
+        package_root = Path(_activation.__file__).parents[1]
+        environment = {**os.environ, OPT_OUT_ENV: value, "PYTHONPATH": str(package_root)}
+        # -S: no site-packages `.pth` files, so the hook can only come from the committed file run here.
+        result = subprocess.run(
+            [sys.executable, "-S", "-c", code], env=environment, capture_output=True, text=True, timeout=120
+        )
+
+        self.assertEqual((result.returncode, result.stderr), (0, ""))
+        with mock.patch.dict(os.environ, {OPT_OUT_ENV: value}):
+            self.assertEqual(result.stdout.strip(), str(not _activation.opt_out_is_set()))
 
     @require_torch
     def test_opt_out_leaves_stock_functions(self):
@@ -192,6 +233,7 @@ class ImportHookTest(unittest.TestCase):
                 self.assertIn(report["imported"][model_type], (None, "absent"))
         self.assertTrue(report["status"]["opt_out"])
         self.assertFalse(report["status"]["import_hook"])
+        self.assertEqual(report["status"]["activation"], f"installed, disabled by {OPT_OUT_ENV}")
         self.assertEqual({entry["state"] for entry in report["status"]["models"].values()}, {"stock"})
         self.assertEqual(count_overlay_warnings(stderr), 0)
 
@@ -455,6 +497,19 @@ class PatchingApiTest(unittest.TestCase):
         self.assertEqual(status["import_hook"], _activation.import_hook_installed())
         self.assertEqual(status["transformers"], metadata.version("transformers"))
         self.assertEqual(set(status["models"]), set(PATCHED_MODULES))
+        self.assertIn(status["activation"], patching.ACTIVATION_STATES)
+        for entry in status["models"].values():
+            self.assertRegex(entry["state"], rf"^({'|'.join(patching.STATES)})( \(.+\))?$")
+
+    def test_activation_follows_revert_and_apply(self):
+        with (
+            mock.patch.object(sys, "meta_path", list(sys.meta_path)),
+            mock.patch.dict(_activation._post_import_hooks),
+            mock.patch.dict(os.environ, {OPT_OUT_ENV: ""}),
+        ):
+            _activation.install_import_hook()
+            self.assertEqual(patching.revert()["activation"], "installed, stopped by revert()")
+            self.assertEqual(patching.apply()["activation"], "installed, active")
 
     def test_signature_mismatch_is_left_alone_with_a_reason(self):
         def eager_attention_forward(module, query, key, value, attention_mask, scaling, is_causal=True):

@@ -16,6 +16,7 @@
 import contextlib
 import io
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -36,7 +37,7 @@ from transformers_overlay.model_table import MODEL_TABLE
 if is_torch_available():
     import torch
 
-    from transformers_overlay import patching, reproduction
+    from transformers_overlay import reproduction
 
 
 def run_check(*args):
@@ -92,6 +93,8 @@ class CheckBuiltinModelsTest(unittest.TestCase):
         output = result.stdout
 
         self.assertEqual(result.returncode, cli.EXIT_CLEARED, output + result.stderr)
+        self.assertTrue(output.startswith(f"transformers-overlay {metadata.version('transformers-overlay')}: "))
+        self.assertIn(f": installed, active (opt-out {OPT_OUT_ENV} not set)\n", output)
         self.assertIn(f"transformers {metadata.version('transformers')}", output)
         self.assertIn(f"torch {torch.__version__}", output)
         patchable = patchable_model_types()
@@ -109,17 +112,37 @@ class CheckBuiltinModelsTest(unittest.TestCase):
         overlay_rows = table_rows(output, "eager overlay")
         self.assertEqual(len(overlay_rows), 2 * len(patchable))
         self.assertTrue(all(row.endswith("clears") and "  no  " in row for row in overlay_rows), overlay_rows)
+        self.assertIn("random weights leave near-ties", output)  # why top-1 agreement is low even for sdpa
         self.assertTrue(output.rstrip().splitlines()[-1].startswith("PASS: the overlay clears P-001"))
 
-    def test_check_with_overlay_off_by_default_exits_3(self):
-        # The opt-out: the comparison still runs the overlay's function, and the verdict says what users get.
-        with mock.patch.dict(os.environ, {OPT_OUT_ENV: "1"}), patching.disabled():
-            code, output, _ = run_check("--dtype", "float16")
+    def test_check_with_the_opt_out_in_a_fresh_interpreter_exits_3(self):
+        environment = {**os.environ, OPT_OUT_ENV: "1"}
+        result = subprocess.run(
+            [sys.executable, "-m", "transformers_overlay", "check", "--dtype", "float16"],
+            env=environment,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        output = result.stdout
 
-        self.assertEqual(code, cli.EXIT_NOT_ACTIVE, output)
+        self.assertEqual(result.returncode, cli.EXIT_NOT_ACTIVE, output + result.stderr)
+        header = output.splitlines()[0]
+        self.assertTrue(header.endswith(f": installed, disabled by {OPT_OUT_ENV} (set to '1')"), header)
+        self.assertRegex(output, r"(?m)^  qwen2 +transformers\.models\.qwen2\.modeling_qwen2: stock$")
         self.assertIn(f"runs STOCK transformers code: the opt-out {OPT_OUT_ENV}=1 is set", output)
         self.assertTrue(all(row.endswith("clears") for row in table_rows(output, "eager overlay")))
         self.assertTrue(output.rstrip().splitlines()[-1].startswith("NOT ACTIVE: the overlay clears P-001"))
+
+    def test_missing_pillow_is_reported_with_exit_2(self):
+        with mock.patch.dict(sys.modules, {"PIL": None, "PIL.Image": None}):  # `import PIL` raises ImportError
+            code, output, error = run_check()
+
+        self.assertEqual(code, cli.EXIT_UNAVAILABLE)
+        self.assertEqual(output, "")
+        self.assertEqual(len(error.splitlines()), 1, error)
+        self.assertIn("need Pillow", error)
+        self.assertIn("pip install pillow", error)
 
     def test_check_fails_when_the_overlay_does_not_clear(self):
         # With transformers' own functions standing in for the overlay, P-001 is not cleared and the check says so.
@@ -198,25 +221,48 @@ class CheckLocalCheckpointTest(unittest.TestCase):
         (overlay_row,) = table_rows(output, "eager overlay")
         self.assertTrue(overlay_row.endswith("clears"), overlay_row)
 
-    def test_missing_checkpoint(self):
-        path = os.path.join(self.directory.name, "not-downloaded")
-        code, output, error = run_check("--model", path)
+    def assert_unavailable(self, model, message):
+        code, output, error = run_check("--model", model)
 
         self.assertEqual(code, cli.EXIT_UNAVAILABLE)
         self.assertEqual(output, "")
         self.assertEqual(len(error.splitlines()), 1, error)
-        self.assertIn(f"{path!r} is not available locally", error)
+        self.assertIn(message, error)
+
+    def test_missing_directory(self):
+        path = os.path.join(self.directory.name, "not-downloaded")
+        self.assert_unavailable(path, f"{path!r}: no such directory")
+
+    def test_model_id_not_in_the_cache_is_not_found_locally(self):
+        # Not a network error: `check` never downloads.
+        model_id = "transformers-overlay-tests/not-downloaded"
+        self.assert_unavailable(model_id, f"{model_id!r} is not found locally: it is not a directory here, and not in")
+
+    def test_directory_without_config(self):
+        path = os.path.join(self.directory.name, "empty")
+        os.makedirs(path, exist_ok=True)
+        self.assert_unavailable(path, f"{path!r} is a directory without config.json, not a checkpoint")
+
+    @parameterized.expand(
+        [
+            ("qwen2", "tokenizer*", "has no tokenizer files (tokenizer.json, or vocab.json and merges.txt)"),
+            ("qwen2", "*.safetensors*", "has no weights (model.safetensors"),
+            ("llava_onevision", "preprocessor_config.json", "has no image processor file (preprocessor_config.json)"),
+        ]
+    )
+    def test_checkpoint_directory_with_missing_files(self, model_type, left_out, message):
+        path = os.path.join(self.directory.name, f"{model_type}-without-{left_out.strip('*')}")
+        shutil.copytree(
+            self.checkpoints[model_type], path, ignore=shutil.ignore_patterns(left_out), dirs_exist_ok=True
+        )
+        self.assert_unavailable(path, f"{path!r} {message}")
 
     def test_model_type_not_covered(self):
         from transformers import LlamaConfig
 
         path = os.path.join(self.directory.name, "tiny-llama")
         LlamaConfig(hidden_size=16, num_attention_heads=2, num_hidden_layers=1).save_pretrained(path)
-        code, output, error = run_check("--model", path)
-
-        self.assertEqual(code, cli.EXIT_UNAVAILABLE)
-        self.assertEqual(output, "")
-        self.assertIn(
+        self.assert_unavailable(
+            path,
             f"is a 'llama' model, which runs none of the model types the overlay covers ({', '.join(MODEL_TABLE)})",
-            error,
         )

@@ -123,7 +123,7 @@ class TransformersVersionGateTest(unittest.TestCase):
         for model_type in MODEL_TABLE:
             self.assertEqual(
                 status["models"][model_type]["state"],
-                "not imported; will stay stock (transformers 5.24.0 is outside the supported range >=4.48,<5.24)",
+                "not imported (will stay stock: transformers 5.24.0 is outside the supported range >=4.48,<5.24)",
             )
 
     @require_torch

@@ -118,7 +118,9 @@ def _runs_blocked(module: nn.Module, query, key, value, dropout: float) -> bool:
         return False
     if torch.is_grad_enabled() and (query.requires_grad or key.requires_grad or value.requires_grad):
         return False
-    return not (torch.compiler.is_compiling() or torch.jit.is_tracing() or torch.jit.is_scripting())
+    # `torch.compiler.is_compiling` is True under torch.compile and torch.export (torch < 2.3 names it in `_dynamo`).
+    is_compiling = getattr(torch.compiler, "is_compiling", None) or torch._dynamo.is_compiling
+    return not (is_compiling() or torch.jit.is_tracing() or torch.jit.is_scripting())
 
 
 def overlay_eager_attention_forward(
