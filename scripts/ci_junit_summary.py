@@ -13,7 +13,7 @@
 # See the License for the specific language governing permissions and
 # limitations under the License.
 """
-Reads a pytest junit XML report of `tests/models`, prints the counts, and exits non-zero when the run does not prove
+Reads a pytest junit XML report of the regression tests (`scripts/regression_test_paths`), prints the counts, and exits non-zero when the run does not prove
 what CI needs it to prove:
 
     --expect stock   run on stock transformers: every `test_overflow_*` case must fail (one that passes proves
@@ -51,7 +51,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("report", help="junit XML written by pytest --junitxml")
     parser.add_argument("--expect", choices=("stock", "fixed"), required=True)
-    parser.add_argument("--label", default="tests/models", help="what the printed counts describe")
+    parser.add_argument("--label", default="regression tests", help="what the printed counts describe")
     args = parser.parse_args(argv)
 
     cases = outcomes(args.report)

@@ -28,8 +28,9 @@ PY="$VENV/bin/python"
 "$PY" -c "import torch, torchvision, transformers; print('torch', torch.__version__, '| torchvision', \
 torchvision.__version__, '| transformers', transformers.__version__)"
 
+mapfile -t REGRESSION_TESTS <scripts/regression_test_paths
 pytest_models() {
-    "$PY" -m pytest tests/models -p no:cacheprovider -q -rN --junitxml="$1"
+    "$PY" -m pytest "${REGRESSION_TESTS[@]}" -p no:cacheprovider -q -rN --junitxml="$1"
 }
 
 echo "--- with the overlay"
