@@ -145,7 +145,10 @@ def _synchronize(device):
 
 
 def _peak_bytes(call, device):
-    """Bytes held at the peak of `call()` above what was held before it, returned tensors included."""
+    """
+    Bytes held at the peak of `call()` above what was held before it, returned tensors included, and the seconds the
+    call took.
+    """
     import torch
 
     gc.collect()
@@ -154,18 +157,22 @@ def _peak_bytes(call, device):
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
         baseline = torch.cuda.memory_allocated()
+        start = time.perf_counter()
         result = call()
         torch.cuda.synchronize()
+        seconds = time.perf_counter() - start
         peak = torch.cuda.max_memory_allocated() - baseline
     else:
         baseline = _proc_status_bytes("VmRSS")
         with open("/proc/self/clear_refs", "w") as clear_refs:
             clear_refs.write("5")  # resets VmHWM to the current resident set size
+        start = time.perf_counter()
         result = call()
+        seconds = time.perf_counter() - start
         peak = _proc_status_bytes("VmHWM") - baseline
     del result
     gc.collect()
-    return peak
+    return peak, seconds
 
 
 def _worker(cell):
@@ -193,9 +200,8 @@ def _worker(cell):
         times, started = {name: [] for name in timed}, time.perf_counter()
         result["peak_bytes"] = {}
         for name, call in timed.items():
-            start = time.perf_counter()
-            result["peak_bytes"][name] = _peak_bytes(call, device)
-            times[name].append(time.perf_counter() - start)
+            result["peak_bytes"][name], seconds = _peak_bytes(call, device)
+            times[name].append(seconds)
         output, weights = timed["overlay"]()
         result["weights_bytes"] = weights.numel() * weights.element_size()
         result["finite"] = bool(torch.isfinite(output).all() and torch.isfinite(weights).all())

@@ -21,6 +21,7 @@ import contextlib
 import unittest
 from unittest import mock
 
+from packaging.version import Version
 from parameterized import parameterized
 
 from transformers import is_torch_available
@@ -125,11 +126,16 @@ class DropInParityTest(unittest.TestCase):
 
         overlay, stock = graph_breaks("overlay"), graph_breaks("stock")
         self.assertEqual(overlay.graph_break_count, stock.graph_break_count, overlay.break_reasons)
-        if not output_attentions:
+        if not output_attentions and Version(patching.transformers_version()) >= Version("5.0"):
             self.assertEqual(overlay.graph_break_count, 0, overlay.break_reasons)
 
     def test_export_matches_eager(self):
         model = tiny_qwen2(bias=OVERFLOW_BIAS).to(torch.float16)
+        with attention_implementation("stock"), torch.no_grad():
+            try:
+                torch.export.export(model, (self.input_ids,))
+            except Exception as error:  # parity only: what stock cannot export is not asked of the overlay
+                self.skipTest(f"stock transformers {patching.transformers_version()} cannot export it: {error!r:.200}")
         with attention_implementation("overlay"), torch.no_grad():
             exported = torch.export.export(model, (self.input_ids,))
             logits = exported.module()(self.input_ids).logits
