@@ -12,7 +12,8 @@ set -euo pipefail
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 PYTHON=${PYTHON:-python3}
 if [ $# -ge 1 ]; then
-    WORK=$1
+    mkdir -p "$1"
+    WORK=$(cd "$1" && pwd)  # absolute: the command runs from inside the clone
 else
     WORK=$(mktemp -d)
     trap 'rm -rf "$WORK"' EXIT
@@ -40,7 +41,8 @@ set +e
     cd "$WORK/clone"
     unset PYTHONPATH PYTHONHOME PIP_USER VIRTUAL_ENV TRANSFORMERS_OVERLAY_DISABLE
     # shellcheck disable=SC1091
-    source "$WORK/venv/bin/activate"
+    source "$WORK/venv/bin/activate" || exit 1
+    [ "$(command -v python)" = "$WORK/venv/bin/python" ] || { echo "the new virtual environment is not active" >&2; exit 1; }
     started=$SECONDS
     bash -c "$command"
     code=$?
