@@ -31,7 +31,7 @@ PY
     started=$("$python" -c '
 import sys
 assert "torch" not in sys.modules and "transformers" not in sys.modules, "torch or transformers imported at start"
-assert any(type(finder).__name__ == "PatchOnImportFinder" for finder in sys.meta_path), "no import hook"
+assert any(type(finder).__name__ == "PostImportHookFinder" for finder in sys.meta_path), "no import hook"
 import transformers_overlay
 assert transformers_overlay.status()["transformers"] is None, transformers_overlay.status()
 print("started")
