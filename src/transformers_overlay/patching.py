@@ -58,19 +58,20 @@ def supported_transformers() -> str | None:
     The transformers releases this package supports, as the specifier its metadata declares (e.g. ">=4.48,<5.24", lower
     bound first); None when the package is not installed, so that no metadata says it.
     """
+    import re
     from importlib import metadata
-
-    from packaging.requirements import Requirement
 
     try:
         requirements = metadata.requires(DISTRIBUTION) or []
     except metadata.PackageNotFoundError:
         return None
+    # Parsed without `packaging`, which may be missing when transformers (that depends on it) is.
     for line in requirements:
-        requirement = Requirement(line)
-        if requirement.name == "transformers" and requirement.marker is None:
-            specifiers = sorted(map(str, requirement.specifier), key=lambda specifier: not specifier.startswith(">"))
-            return ",".join(specifiers)
+        requirement, _, marker = line.partition(";")
+        name, specifier = re.match(r"\s*([A-Za-z0-9._-]+)\s*(.*)", requirement).groups()
+        if name.lower() == "transformers" and not marker.strip():
+            specifiers = [part.strip() for part in specifier.strip("() ").split(",") if part.strip()]
+            return ",".join(sorted(specifiers, key=lambda part: not part.startswith(">")))
     return None
 
 
