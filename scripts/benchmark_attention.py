@@ -26,7 +26,7 @@ How it measures:
 Usage (from the repository root; the full run takes about 15 minutes on 2 CPU cores, `--quick` under a minute):
 
     python scripts/benchmark_attention.py                    # every cell; table on stdout, JSON to --output
-    python scripts/benchmark_attention.py --quick            # prefill 1024 and decode 2048 in bfloat16, idle only
+    python scripts/benchmark_attention.py --quick            # prefill 512 and decode 2048 in bfloat16, idle only
     python scripts/benchmark_attention.py --device cuda      # the same cells on a GPU (no competing process)
 """
 
@@ -284,7 +284,7 @@ HEADER = (
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--worker", help=argparse.SUPPRESS)
-    parser.add_argument("--quick", action="store_true", help="prefill 1024 and decode 2048 in bfloat16, idle only")
+    parser.add_argument("--quick", action="store_true", help="prefill 512 and decode 2048 in bfloat16, idle only")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     parser.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's default)")
     parser.add_argument("--prefill", type=int, nargs="*", default=list(PREFILL_LENGTHS), help="prefill lengths")
@@ -300,7 +300,7 @@ def main(argv=None):
         return 0
     if args.quick:
         args.prefill, args.decode, args.dtypes, args.loads, args.time_budget = (
-            [1024],
+            [512],
             [2048],
             ["bfloat16"],
             ["idle"],

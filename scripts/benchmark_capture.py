@@ -14,32 +14,34 @@
 # limitations under the License.
 """
 Time and memory of `capture_attention` beside plain sdpa and eager `output_attentions=True`, on random Qwen2 models with
-Qwen2-7B's attention geometry (28 query / 4 key-value heads of dim 128).
+Qwen2-7B's attention geometry (28 query / 4 key-value heads of dim 128), at torch's default thread count (`--threads`
+to change it), once on an otherwise idle machine and once beside one competing CPU-bound process (`--loads`).
 
-- Memory: one forward over `--memory-tokens` tokens (default 8192) per configuration, each in a fresh subprocess.
-  "Extra memory" is the peak resident set size during the forward minus the resident set size just before it (Linux
-  `VmHWM` after resetting it through `/proc/self/clear_refs`, and `VmRSS`): torch's CPU allocations are invisible to
-  tracemalloc. "Kept" is the exact size of what the configuration returns (captured tensors or `outputs.attentions`).
-  `output_attentions=True` is skipped, with its projected size, when it would keep more than
+- Memory: one forward over `--memory-tokens` tokens (default 8192) per configuration, each in its own process forked
+  from this one before it has run any computation (so it starts with torch and transformers imported and nothing
+  allocated). "Extra memory" is the peak resident set size during the forward minus the resident set size just before
+  it (Linux `VmHWM` after resetting it through `/proc/self/clear_refs`, and `VmRSS`): torch's CPU allocations are
+  invisible to tracemalloc. "Kept" is the exact size of what the configuration returns (captured tensors or
+  `outputs.attentions`). `output_attentions=True` is skipped, with its projected size, when it would keep more than
   `--max-output-attentions-gib`.
 - Speed: `generate` (greedy, `--new-tokens` forced new tokens after a `--prompt-tokens` prompt) on a model with
   Qwen2-7B's layer sizes (hidden 3584, MLP 18944), where the MLP dominates, and again after `--long-prompt-tokens` on
   the memory model, where attention dominates; median and minimum over `--repeats` interleaved runs, and the share of
-  the time spent inside the capture computation (timed around it, steadier than total times on a busy CPU). Torch runs on
-  `--threads` threads (default: torch's own default; the README's figures use 1, because on a shared CPU multi-threaded
-  small ops wait on each other and swamp the timings).
+  the time spent inside the capture computation (timed around it, steadier than total times on a busy CPU).
+- The competing process is `python -c "while True: pass"`, running through every measurement of a "busy" row.
 
 Results go to stdout as tables, and the full report as JSON to `--json PATH` (default: `DEFAULT_JSON`, in the system's
 temporary directory, never inside the repository).
 
-    python scripts/benchmark_capture.py --threads 1 --json capture.json   # the README's full run
-    python scripts/benchmark_capture.py --quick                           # small sizes, for a smoke test
+    python scripts/benchmark_capture.py                    # the README's run (about 10 minutes on 2 CPU cores)
+    python scripts/benchmark_capture.py --quick            # small sizes, idle and busy: a smoke test, under a minute
 """
 
 import argparse
 import contextlib
 import gc
 import json
+import multiprocessing
 import os
 import platform
 import statistics
@@ -69,6 +71,7 @@ CONFIGURATIONS = {
     "sdpa + capture (last row, head mean)": ("sdpa", {"queries": "last", "heads": "mean"}, False),
     "eager + output_attentions": ("eager", None, True),
 }
+LOADS = ("idle", "busy")
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 DEFAULT_JSON = os.path.join(tempfile.gettempdir(), "transformers-overlay", "benchmark_capture.json")
 
@@ -142,8 +145,8 @@ def _proc_status_bytes(field: str) -> int:
     raise RuntimeError(f"/proc/self/status has no {field}")
 
 
-def memory_worker(args) -> dict:
-    """One forward over `args.memory_tokens` tokens in configuration `args.worker`: time, extra peak RSS, kept bytes."""
+def memory_worker(args, name: str) -> dict:
+    """One forward over `args.memory_tokens` tokens in configuration `name`: time, extra peak RSS, kept bytes."""
     model = build_model(
         args.memory_hidden_size, 2 * args.memory_hidden_size, args.memory_layers, args.memory_tokens, args.dtype
     )
@@ -158,7 +161,7 @@ def memory_worker(args) -> dict:
     with open("/proc/self/clear_refs", "w") as clear_refs:
         clear_refs.write("5")  # resets VmHWM (the peak RSS) to the current RSS
     start = time.perf_counter()
-    kept, capture_seconds = run_configuration(model, args.worker, forward)
+    kept, capture_seconds = run_configuration(model, name, forward)
     seconds = time.perf_counter() - start
     return {
         "seconds": seconds,
@@ -177,32 +180,69 @@ def projected_capture_bytes(num_layers: int, tokens: int, heads: int) -> int:
     return num_layers * heads * tokens * 4
 
 
+def _forked_memory_worker(args, name: str, connection) -> None:
+    try:
+        connection.send(memory_worker(args, name))
+    except BaseException as error:  # reported as the row's error, not as a traceback of the child
+        connection.send({"error": f"{type(error).__name__}: {error}"})
+    finally:
+        connection.close()
+
+
+def run_memory_worker(args, name: str) -> dict:
+    """`memory_worker(args, name)` in a forked child: a process of its own for the peak, without importing torch again."""
+    context = multiprocessing.get_context("fork")
+    receiver, sender = context.Pipe(duplex=False)
+    child = context.Process(target=_forked_memory_worker, args=(args, name, sender))
+    child.start()
+    sender.close()
+    try:
+        result = receiver.recv()
+    except EOFError:  # the child died without a word (e.g. killed for memory)
+        result = {}
+    child.join()
+    if not result:
+        result = {"error": f"worker exited with code {child.exitcode}"}
+    return result
+
+
 def memory_benchmark(args) -> list[dict]:
     rows = []
-    for name in CONFIGURATIONS:
-        row = {"configuration": name}
-        projected = projected_output_attentions_bytes(args.memory_layers, args.memory_tokens, args.dtype)
-        if CONFIGURATIONS[name][2] and projected > args.max_output_attentions_gib * 2**30:
-            row.update(skipped=f"would keep {projected / 2**30:.1f} GiB", kept_bytes=projected)
-            rows.append(row)
-            continue
-        command = [sys.executable, __file__, "--worker", name, *sys.argv[1:]]
-        result = subprocess.run(command, capture_output=True, text=True)
-        if result.returncode != 0:
-            row["error"] = (result.stderr.strip().splitlines() or [f"exit code {result.returncode}"])[-1]
-        else:
-            row.update(json.loads(result.stdout.strip().splitlines()[-1]))
-        rows.append(row)
-        print(f"  memory: {name}: {row}", file=sys.stderr, flush=True)
+    for load in args.loads:
+        with competing_process(load):
+            for name in CONFIGURATIONS:
+                row = {"configuration": name, "load": load}
+                projected = projected_output_attentions_bytes(args.memory_layers, args.memory_tokens, args.dtype)
+                if CONFIGURATIONS[name][2] and projected > args.max_output_attentions_gib * 2**30:
+                    row.update(skipped=f"would keep {projected / 2**30:.1f} GiB", kept_bytes=projected)
+                else:
+                    row.update(run_memory_worker(args, name))
+                rows.append(row)
+                print(f"  memory ({load}): {name}: {row}", file=sys.stderr, flush=True)
     return rows
+
+
+@contextlib.contextmanager
+def competing_process(load: str):
+    """For the "busy" load, one CPU-bound process runs beside everything inside the block."""
+    competitor = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if load == "busy" else None
+    try:
+        yield
+    finally:
+        if competitor is not None:
+            competitor.kill()
+            competitor.wait()
 
 
 # Speed: generate, all configurations interleaved in one process
 
 
-def speed_benchmark(args, hidden_size: int, intermediate_size: int, prompt_tokens: int, new_tokens: int) -> dict:
-    """`generate` in every configuration on one model, interleaved over `args.repeats` timed rounds."""
+def speed_benchmark(
+    args, load: str, hidden_size: int, intermediate_size: int, prompt_tokens: int, new_tokens: int
+) -> dict:
+    """`generate` in every configuration on one model, interleaved over `args.repeats` timed rounds, under `load`."""
     setting = {
+        "load": load,
         "layers": args.speed_layers,
         "hidden_size": hidden_size,
         "intermediate_size": intermediate_size,
@@ -228,14 +268,15 @@ def speed_benchmark(args, hidden_size: int, intermediate_size: int, prompt_token
     seconds = {name: [] for name in CONFIGURATIONS}
     capture_shares = {name: [] for name in CONFIGURATIONS}
     kept = {}
-    for repeat in range(args.repeats + 1):  # the first round warms up and is not timed
-        for name in CONFIGURATIONS:
-            start = time.perf_counter()
-            kept[name], capture_seconds = run_configuration(model, name, generate)
-            if repeat:
-                seconds[name].append(time.perf_counter() - start)
-                capture_shares[name].append(capture_seconds / seconds[name][-1])
-        print(f"  speed {setting}: round {repeat} done", file=sys.stderr, flush=True)
+    with competing_process(load):
+        for repeat in range(args.repeats + 1):  # the first round warms up and is not timed
+            for name in CONFIGURATIONS:
+                start = time.perf_counter()
+                kept[name], capture_seconds = run_configuration(model, name, generate)
+                if repeat:
+                    seconds[name].append(time.perf_counter() - start)
+                    capture_shares[name].append(capture_seconds / seconds[name][-1])
+            print(f"  speed {setting}: round {repeat} done", file=sys.stderr, flush=True)
     baseline, fastest_baseline = statistics.median(seconds["sdpa"]), min(seconds["sdpa"])
     rows = [
         {
@@ -263,15 +304,17 @@ def _print_memory_table(rows: list[dict], settings: dict) -> None:
         f"{settings['dtype']}, 28 q / 4 kv heads x 128 (hidden {settings['memory_hidden_size']}); "
         "extra = peak RSS during the forward - RSS before (fresh process per row)"
     )
-    print("| configuration | seconds | capture ms | extra peak MiB | kept MiB | kept for Qwen2-7B (28 layers) MiB |")
-    print("|---|---|---|---|---|---|")
+    print(
+        "| configuration | load | seconds | capture ms | extra peak MiB | kept MiB | kept for Qwen2-7B (28 layers) MiB |"
+    )
+    print("|---|---|---|---|---|---|---|")
     for row in rows:
         seconds = f"{row['seconds']:.1f}" if "seconds" in row else row.get("skipped", row.get("error", "-"))
         per_layer = row.get("kept_bytes", 0) / settings["memory_layers"]
         captures = CONFIGURATIONS[row["configuration"]][1] is not None and "capture_seconds" in row
         capture_ms = f"{row['capture_seconds'] * 1e3:.1f}" if captures else "-"
         print(
-            f"| {row['configuration']} | {seconds} | {capture_ms} | {_mib(row.get('extra_peak_bytes'))} | "
+            f"| {row['configuration']} | {row['load']} | {seconds} | {capture_ms} | {_mib(row.get('extra_peak_bytes'))} | "
             f"{_mib(row.get('kept_bytes'))} | {_mib(per_layer * QWEN2_7B_LAYERS)} |"
         )
 
@@ -285,7 +328,7 @@ def print_tables(report: dict) -> None:
         print(
             f"\nSpeed: generate {setting['new_tokens']} tokens after {setting['prompt_tokens']}, {setting['layers']} "
             f"layers of hidden {setting['hidden_size']} / MLP {setting['intermediate_size']}, {settings['dtype']}, "
-            f"median of {settings['repeats']} runs"
+            f"median of {settings['repeats']} runs, {setting['load']}"
         )
         print("| configuration | median s | min s | median vs sdpa | min vs sdpa | capture share | kept MiB |")
         print("|---|---|---|---|---|---|---|")
@@ -306,8 +349,9 @@ def parse_args():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="small sizes for a smoke test")
     parser.add_argument("--dtype", choices=DTYPES, default="bfloat16")
+    parser.add_argument("--threads", type=int, help="torch threads (default: torch's default, what users get)")
     parser.add_argument(
-        "--threads", type=int, help="torch threads (default: torch's default; 1 is steadiest on a shared CPU)"
+        "--loads", nargs="+", choices=LOADS, default=list(LOADS), help="idle, and/or beside one competing process"
     )
     parser.add_argument("--memory-tokens", type=int, default=8192)
     parser.add_argument("--memory-layers", type=int, default=2)
@@ -329,9 +373,8 @@ def parse_args():
     parser.add_argument("--skip-memory", action="store_true")
     parser.add_argument("--skip-speed", action="store_true")
     parser.add_argument("--json", default=DEFAULT_JSON, help="where to write the full report (default: %(default)s)")
-    parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.quick:  # a smoke test of every configuration; most of its time is the 5 processes importing torch
+    if args.quick:  # a smoke test of every configuration and load; most of its time is importing torch
         args.memory_tokens, args.memory_hidden_size = 512, 128
         args.speed_hidden_size, args.speed_intermediate_size = 256, 512
         args.prompt_tokens, args.new_tokens = 32, 4
@@ -345,9 +388,6 @@ def main():
     args = parse_args()
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    if args.worker:
-        print(json.dumps(memory_worker(args)))
-        return
     settings = {
         name: getattr(args, name)
         for name in (
@@ -362,6 +402,7 @@ def main():
             "long_prompt_tokens",
             "long_new_tokens",
             "repeats",
+            "loads",
         )
     }
     settings["dtype"] = args.dtype_name
@@ -378,16 +419,24 @@ def main():
     if not args.skip_memory:
         report["memory"] = memory_benchmark(args)
     if not args.skip_speed:
-        report["speed"].append(
-            speed_benchmark(
-                args, args.speed_hidden_size, args.speed_intermediate_size, args.prompt_tokens, args.new_tokens
-            )
-        )
-        if args.long_prompt_tokens:
-            hidden_size = args.memory_hidden_size
+        for load in args.loads:
             report["speed"].append(
-                speed_benchmark(args, hidden_size, 2 * hidden_size, args.long_prompt_tokens, args.long_new_tokens)
+                speed_benchmark(
+                    args,
+                    load,
+                    args.speed_hidden_size,
+                    args.speed_intermediate_size,
+                    args.prompt_tokens,
+                    args.new_tokens,
+                )
             )
+            if args.long_prompt_tokens:
+                hidden_size = args.memory_hidden_size
+                report["speed"].append(
+                    speed_benchmark(
+                        args, load, hidden_size, 2 * hidden_size, args.long_prompt_tokens, args.long_new_tokens
+                    )
+                )
     environment["total_seconds"] = time.perf_counter() - start
     print_tables(report)
     os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)

@@ -37,6 +37,7 @@ README = REPOSITORY / "README.md"
 # First line of a Python block that cannot run offline; the prose before the block says what it needs.
 NEEDS_CHECKPOINT = "# Needs a real checkpoint"
 FIRST_COMMAND = "pip install torch==2.13.0 && pip install -e . && transformers-overlay check"
+TEST_COMMAND = 'pip install torch==2.13.0 && pip install -e ".[test]" && python -m pytest'
 
 
 def fenced_blocks(text: str, language: str) -> list[str]:
@@ -57,9 +58,14 @@ class ReadmeTest(unittest.TestCase):
         self.text = README.read_text(encoding="utf-8")
         self.python_blocks = fenced_blocks(self.text, "python")
 
-    def test_first_command_is_the_one_ci_runs(self):
-        # scripts/ci_newcomer.sh runs the first ```bash block in a brand-new virtual environment.
-        self.assertEqual(fenced_blocks(self.text, "bash")[0].strip(), FIRST_COMMAND)
+    def test_first_commands_are_the_ones_ci_runs(self):
+        # scripts/ci_newcomer.sh runs the first two ```bash blocks in a brand-new virtual environment; .ci/run's first
+        # stage runs the test command too.
+        first, second = fenced_blocks(self.text, "bash")[:2]
+        self.assertEqual(first.strip(), FIRST_COMMAND)
+        self.assertEqual(second.strip(), TEST_COMMAND)
+        ci_run = (REPOSITORY / ".ci" / "run").read_text(encoding="utf-8")
+        self.assertIn(TEST_COMMAND.replace("pip install", "python -m pip install"), ci_run)
 
     @require_torch
     def test_runnable_python_blocks_run_offline(self):
