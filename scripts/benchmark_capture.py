@@ -379,7 +379,7 @@ def parse_args():
         args.speed_hidden_size, args.speed_intermediate_size = 256, 512
         args.prompt_tokens, args.new_tokens = 32, 4
         args.long_prompt_tokens, args.long_new_tokens = 256, 2
-        args.repeats = 2
+        args.repeats = 1
     args.dtype_name, args.dtype = args.dtype, DTYPES[args.dtype]
     return args
 
