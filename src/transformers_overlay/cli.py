@@ -88,12 +88,17 @@ def _import_patched_modules() -> str | None:
     Imports the transformers modules of the model table, as a user's model would (the import hook acts here); a model
     this transformers does not have yet is skipped (its status line says so).
     """
+    import warnings
+
     from . import patching
     from .model_table import MODEL_TABLE
 
     for model_type, entry in MODEL_TABLE.items():
         try:
-            patching._import_modeling_module(model_type)
+            # The hook's warning about a module it leaves stock would repeat what that module's status line says.
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message="transformers-overlay", category=RuntimeWarning)
+                patching._import_modeling_module(model_type)
         except Exception as error:
             return f"cannot import {entry.module}: {error!r}"
     return None
@@ -211,7 +216,10 @@ def check(model: str | None = None, device: str = "cpu", dtypes=DTYPES) -> int:
         for case in {case.name: case for case, _ in runs}.values():
             print(f"  {case.name}: {case.description}, runs the eager attention of {', '.join(case.model_types)}")
 
-    name_width = max(len("model"), *(len(case.name) for case, _ in runs))
+    # A row each for the model types of the table that this transformers gives the overlay nothing to replace in.
+    replaceable = reproduction.replaceable_model_types(MODEL_TABLE)
+    skipped = [] if model is not None else [model_type for model_type in MODEL_TABLE if model_type not in replaceable]
+    name_width = max(len("model"), *(len(name) for name in [case.name for case, _ in runs] + skipped))
     print(_format_row(("model", *TABLE_COLUMNS), name_width))
     print(_format_row(("-" * name_width, *("-" * width for width in COLUMN_WIDTHS)), name_width))
     failures, stock_nan = [], []
@@ -235,6 +243,11 @@ def check(model: str | None = None, device: str = "cpu", dtypes=DTYPES) -> int:
             verdict = ("clears" if clears else "FAILS") if variant == "eager overlay" else ""
             print(_format_row((*group, variant, *_measurement_cells(measurement), verdict), name_width), flush=True)
             group = ("", "", "")  # the model, dtype and bias are printed once per group
+    for model_type in skipped:
+        first = MODEL_TABLE[model_type].first_patchable_release
+        version = status["transformers"]
+        reason = f"skipped: transformers {version} has no module-level eager function to replace (first in {first})"
+        print(_format_row((model_type, reason), name_width))
     print(
         "\ntop-1: share of positions whose most likely token matches float32's; for reading only (NaN and KL decide)."
     )

@@ -9,6 +9,7 @@ row here plus its builder in `transformers_overlay.reproduction`.
 Standard library only: the import hook reads this table at interpreter start.
 """
 
+import re
 from dataclasses import dataclass
 
 
@@ -33,6 +34,13 @@ class ModelEntry:
     attention: str
     builder: str
     inputs: str = "left_padded_text_inputs"
+
+    def patchable_in(self, transformers_version: str) -> bool:
+        """
+        True when transformers `transformers_version` is `first_patchable_release` or later (a pre-release or dev
+        build counts as its release), i.e. when its `module` has the module-level function the overlay replaces.
+        """
+        return _release(transformers_version) >= _release(self.first_patchable_release)
 
 
 MODEL_TABLE = {
@@ -74,6 +82,19 @@ MODEL_TABLE = {
         inputs="llava_onevision_image_text_inputs",
     ),
 }
+
+
+def _release(version: str) -> tuple[int, ...]:
+    """The release numbers of a version string: "4.53.0.dev0" -> (4, 53, 0). Read without `packaging`."""
+    match = re.match(r"\s*v?(\d+(?:\.\d+)*)", version)
+    if match is None:
+        raise ValueError(f"{version!r} is not a release number")
+    return tuple(int(part) for part in match.group(1).split("."))
+
+
+def patchable_model_types(transformers_version: str) -> tuple[str, ...]:
+    """The model types of the table whose eager function transformers `transformers_version` lets the overlay replace."""
+    return tuple(model_type for model_type, entry in MODEL_TABLE.items() if entry.patchable_in(transformers_version))
 
 
 def model_type_of_module(module_name: str) -> str | None:

@@ -107,13 +107,31 @@ def _replacement():
     return getattr(importlib.import_module(module_name), attribute)
 
 
+def _why_not_in_release(model_type: str, version: str | None) -> str | None:
+    """
+    Why transformers `version` (a supported one) gives the overlay nothing to replace for `model_type`, as the model
+    table says (its module, if it has one, writes eager attention inside the attention classes); None when it does.
+    """
+    entry = MODEL_TABLE[model_type]
+    try:
+        if version is None or entry.patchable_in(version):
+            return None
+    except ValueError:  # not a release number: the supported-range check reports it
+        return None
+    return (
+        f"transformers {version} has no module-level `{PATCHED_ATTRIBUTE}` for {model_type} (transformers has one since "
+        f"{entry.first_patchable_release}), so {model_type}'s eager attention stays stock: use "
+        "attn_implementation='sdpa' for it"
+    )
+
+
 def _why_not_patchable(model_type: str, target) -> str | None:
     """Why `target` does not look like transformers' eager attention function, or None when it does."""
     if target is None:
         first = MODEL_TABLE[model_type].first_patchable_release
         return (
-            f"transformers {transformers_version()} has no module-level `{PATCHED_ATTRIBUTE}` here (it has since "
-            f"{first}), so {model_type}'s eager attention stays stock: use attn_implementation='sdpa' for it"
+            f"transformers {transformers_version()} has no module-level `{PATCHED_ATTRIBUTE}` here, although the "
+            f"model table expects one since {first}, so {model_type}'s eager attention stays stock"
         )
     try:
         parameters = tuple((p.name, p.kind) for p in inspect.signature(target).parameters.values())
@@ -136,7 +154,7 @@ def _patch(model_type: str) -> None:
         return
     # The target is checked before the replacement is imported: importing it needs torch and transformers internals
     # that a transformers this check rejects may not have.
-    reason = _why_not_patchable(model_type, current)
+    reason = _why_not_in_release(model_type, transformers_version()) or _why_not_patchable(model_type, current)
     if reason is None:
         try:
             replacement = _replacement()
@@ -187,8 +205,11 @@ def _import_modeling_module(model_type: str) -> bool:
 
 
 def _absent_reason(model_type: str) -> str:
+    version = transformers_version()
     first = MODEL_TABLE[model_type].first_patchable_release
-    return f"transformers {transformers_version()} has no {model_type} model (the overlay patches it since {first})"
+    return _why_not_in_release(model_type, version) or (
+        f"transformers {version} has no {model_type} model, although the model table expects one since {first}"
+    )
 
 
 def apply(model_types=None) -> dict:
@@ -250,7 +271,7 @@ HOOK_NOT_LOADED = "installed, import hook not loaded"  # site-packages `.pth` fi
 NOT_INSTALLED = "not installed"  # importable, but no `transformers_overlay.pth`: only apply() patches
 # The state of one model type, `status()["models"][model_type]["state"]`, optionally followed by " (why)":
 PATCHED = "patched"  # imported, eager attention runs the overlay's function
-STOCK = "stock"  # imported, eager attention runs transformers' own function
+STOCK = "stock"  # eager attention runs transformers' own function (imported, or not patchable in this release)
 NOT_IMPORTED = "not imported"  # transformers has not imported the modeling module yet
 STATES = (PATCHED, STOCK, NOT_IMPORTED)
 ACTIVATION_STATES = (ACTIVE, OPTED_OUT, REVERTED, HOOK_NOT_LOADED, NOT_INSTALLED)
@@ -286,8 +307,11 @@ def status() -> dict:
     models = {}
     for model_type, entry in MODEL_TABLE.items():
         module = sys.modules.get(entry.module)
+        not_in_release = None if unsupported is not None else _why_not_in_release(model_type, version)
         if module is None and unsupported is not None:
             state = f"{NOT_IMPORTED} (will stay {STOCK}: {unsupported})"
+        elif not_in_release is not None:  # imported or not (or absent from this release), it stays stock
+            state = f"{STOCK} ({not_in_release})"
         elif module is None and model_type in _skipped:  # this transformers has no such modeling module
             state = f"{STOCK} ({_skipped[model_type]})"
         elif module is None and activation == ACTIVE:

@@ -262,14 +262,18 @@ def _small_text_config(tokenizer, **overrides) -> dict:
 
 
 def _mrope_keywords(mrope_section) -> dict:
-    """Multimodal rotary settings: `rope_parameters` in transformers 5, `rope_scaling` and `rope_theta` before."""
+    """
+    Multimodal rotary settings: `rope_parameters` in transformers 5, `rope_scaling` and `rope_theta` before. The rotary
+    type is "default" (multimodal rotary computes default RoPE): transformers 4.x's Qwen2-VL configs rename a "mrope"
+    type to it, but Qwen2.5-Omni's does not and its rotary embedding then fails on the unknown type.
+    """
     from packaging.version import Version
 
     import transformers
 
     if Version(transformers.__version__).major >= 5:
         return {"rope_parameters": {"rope_type": "default", "rope_theta": ROPE_THETA, "mrope_section": mrope_section}}
-    return {"rope_theta": ROPE_THETA, "rope_scaling": {"type": "mrope", "mrope_section": mrope_section}}
+    return {"rope_theta": ROPE_THETA, "rope_scaling": {"type": "default", "mrope_section": mrope_section}}
 
 
 def _small_vision_config(**overrides) -> dict:

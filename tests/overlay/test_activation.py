@@ -35,13 +35,12 @@ from importlib import metadata
 from pathlib import Path
 from unittest import mock
 
-from packaging.version import Version
 from parameterized import parameterized
 
 from transformers.testing_utils import require_torch
 from transformers_overlay import _activation, patching
 from transformers_overlay._activation import OPT_OUT_ENV
-from transformers_overlay.model_table import MODEL_TABLE
+from transformers_overlay.model_table import MODEL_TABLE, patchable_model_types
 
 
 # model type -> the transformers module the overlay patches, as the model table says
@@ -52,19 +51,22 @@ PTH_FILE = Path(__file__).parents[2] / "src" / "transformers_overlay.pth"
 OVERLAY_WARNING = "Warning: transformers-overlay"
 
 
-def patchable_model_types() -> tuple[str, ...]:
-    """The model types whose module in the installed transformers has the module-level function the overlay replaces."""
-    installed = Version(Version(metadata.version("transformers")).base_version)
-    return tuple(
-        model_type for model_type, entry in MODEL_TABLE.items() if installed >= Version(entry.first_patchable_release)
+# The model types whose module in the installed transformers has the module-level function the overlay replaces, as
+# the model table says (tests/overlay/test_model_family.py checks the table against the installed modules).
+PATCHABLE_MODEL_TYPES = patchable_model_types(metadata.version("transformers"))
+
+
+def not_patchable_state(model_type: str) -> str:
+    """
+    The pattern of what `status()` says, imported or not, of a model type that the installed transformers has no
+    module-level function for (or no model at all), before the model table's first patchable release.
+    """
+    first = MODEL_TABLE[model_type].first_patchable_release
+    return (
+        rf"^stock \(transformers {metadata.version('transformers')} has no module-level `eager_attention_forward` for "
+        rf"{model_type} \(transformers has one since {first}\), so .* stays stock: use attn_implementation='sdpa'"
     )
 
-
-PATCHABLE_MODEL_TYPES = patchable_model_types()
-# What `status()` says of a model type that has no module-level function (or no model) in the installed transformers.
-NOT_PATCHABLE_STATE = (
-    r"^stock \(transformers \S+ has no (module-level `eager_attention_forward` here \(it has since |\S+ model \()"
-)
 
 # Prints, as JSON, what a fresh interpreter holds right after start and after importing the two patched modules.
 PROBE = """
@@ -167,8 +169,8 @@ class ImportHookTest(unittest.TestCase):
         for model_type, entry in report["status"]["models"].items():
             if model_type in PATCHABLE_MODEL_TYPES:
                 self.assertEqual(entry["state"], "patched")
-            elif model_type in present:
-                self.assertRegex(entry["state"], NOT_PATCHABLE_STATE)
+            else:
+                self.assertRegex(entry["state"], not_patchable_state(model_type))
         # One warning per imported model type the overlay cannot patch in this transformers, none otherwise.
         unpatchable = [model_type for model_type in present if model_type not in PATCHABLE_MODEL_TYPES]
         self.assertEqual(count_overlay_warnings(stderr), len(unpatchable), stderr)
@@ -187,8 +189,11 @@ class ImportHookTest(unittest.TestCase):
             },
         )
         self.assertEqual(report["status"]["activation"], patching.ACTIVE)
-        for entry in report["status"]["models"].values():
-            self.assertEqual(entry["state"], "not imported (will be patched on import)")
+        for model_type, entry in report["status"]["models"].items():
+            if model_type in PATCHABLE_MODEL_TYPES:
+                self.assertEqual(entry["state"], "not imported (will be patched on import)")
+            else:  # known from the model table before any import
+                self.assertRegex(entry["state"], not_patchable_state(model_type))
 
     def test_opt_out_skips_the_hook_import(self):
         report, stderr = probe(env={OPT_OUT_ENV: "1"}, modules={})
@@ -196,11 +201,14 @@ class ImportHookTest(unittest.TestCase):
         self.assertEqual(report["hook"], [])
         self.assertFalse(report["started"]["transformers_overlay._activation"])
         self.assertEqual(report["status"]["activation"], f"installed, disabled by {OPT_OUT_ENV}")
-        for entry in report["status"]["models"].values():
-            self.assertEqual(
-                entry["state"],
-                f"not imported (will stay stock: overlay installed, disabled by {OPT_OUT_ENV}; apply() patches it)",
-            )
+        for model_type, entry in report["status"]["models"].items():
+            if model_type in PATCHABLE_MODEL_TYPES:
+                self.assertEqual(
+                    entry["state"],
+                    f"not imported (will stay stock: overlay installed, disabled by {OPT_OUT_ENV}; apply() patches it)",
+                )
+            else:
+                self.assertRegex(entry["state"], not_patchable_state(model_type))
         self.assertEqual(stderr, "")
 
     @parameterized.expand([(value,) for value in ("1", "true", "YES", " no ", "0", "false", "No", "", "off")])
@@ -234,7 +242,11 @@ class ImportHookTest(unittest.TestCase):
         self.assertTrue(report["status"]["opt_out"])
         self.assertFalse(report["status"]["import_hook"])
         self.assertEqual(report["status"]["activation"], f"installed, disabled by {OPT_OUT_ENV}")
-        self.assertEqual({entry["state"] for entry in report["status"]["models"].values()}, {"stock"})
+        for model_type, entry in report["status"]["models"].items():
+            if model_type in PATCHABLE_MODEL_TYPES:
+                self.assertEqual(entry["state"], "stock")
+            else:  # imported or absent from this transformers, it says why the overlay could not patch it
+                self.assertRegex(entry["state"], not_patchable_state(model_type))
         self.assertEqual(count_overlay_warnings(stderr), 0)
 
     @parameterized.expand([("1", True), ("true", True), ("YES", True), ("0", False), ("false", False), ("", False)])
@@ -426,12 +438,12 @@ class PatchingApiTest(unittest.TestCase):
         }
 
     def assert_state(self, status, model_type, state):
-        """`state` for a patchable model type; one without the module-level function is stock (saying why once tried)."""
+        """`state` for a patchable model type; one without the module-level function is stock, saying why."""
         found = status["models"][model_type]["state"]
         if model_type in PATCHABLE_MODEL_TYPES:
             self.assertEqual(found, state)
-        elif found != "stock":
-            self.assertRegex(found, NOT_PATCHABLE_STATE)
+        else:
+            self.assertRegex(found, not_patchable_state(model_type))
 
     def assert_states(self, status, state):
         for model_type in PATCHED_MODULES:

@@ -33,7 +33,7 @@ from parameterized import parameterized
 from transformers import is_torch_available
 from transformers.testing_utils import require_torch, torch_device
 from transformers_overlay import patching
-from transformers_overlay.model_table import MODEL_TABLE
+from transformers_overlay.model_table import MODEL_TABLE, ModelEntry, patchable_model_types
 
 
 if is_torch_available():
@@ -45,12 +45,9 @@ if is_torch_available():
 
 REPO = Path(__file__).resolve().parents[2]
 INSTALLED_TRANSFORMERS = Version(Version(metadata.version("transformers")).base_version)
-# The model types whose module in the installed transformers has the function the overlay replaces.
-PATCHABLE_MODEL_TYPES = [
-    model_type
-    for model_type, entry in MODEL_TABLE.items()
-    if INSTALLED_TRANSFORMERS >= Version(entry.first_patchable_release)
-]
+# The model types whose module in the installed transformers has the function the overlay replaces, as the model table
+# says (test_first_patchable_release_matches_the_installed_transformers checks the table against the modules).
+PATCHABLE_MODEL_TYPES = patchable_model_types(metadata.version("transformers"))
 DTYPES = ["float16", "bfloat16"]
 
 
@@ -80,6 +77,22 @@ class ModelTableTest(unittest.TestCase):
             self.assertNotIn(model_type, PATCHABLE_MODEL_TYPES)
             return
         self.assertEqual(hasattr(module, patching.PATCHED_ATTRIBUTE), model_type in PATCHABLE_MODEL_TYPES)
+
+    @parameterized.expand(
+        [
+            ("previous_patch_release", "4.52.4", False),
+            ("first_release", "4.53.0", True),
+            ("short_release", "4.53", True),
+            ("dev_build_of_the_first_release", "4.53.0.dev0", True),
+            ("numeric_not_lexical", "4.100.0", True),
+            ("next_major_pre_release", "5.0.0rc1", True),
+        ]
+    )
+    def test_patchable_in_compares_release_numbers(self, _, version, patchable):
+        entry = ModelEntry(
+            module="transformers.models.x.modeling_x", first_patchable_release="4.53", attention="", builder=""
+        )
+        self.assertIs(entry.patchable_in(version), patchable)
 
     def test_first_patchable_release_is_within_the_supported_range(self):
         supported = SpecifierSet(patching.supported_transformers())

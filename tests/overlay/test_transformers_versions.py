@@ -126,6 +126,27 @@ class TransformersVersionGateTest(unittest.TestCase):
                 "not imported (will stay stock: transformers 5.24.0 is outside the supported range >=4.48,<5.24)",
             )
 
+    def test_model_type_newer_than_the_release_is_reported_stock_before_import(self):
+        # What the model table says of a supported release older than a row's first patchable release, e.g. SigLIP on
+        # 4.50.3, before (or without) any import of the modules.
+        with mock.patch.object(patching, "transformers_version", return_value="4.50.3"), mock.patch.dict(sys.modules):
+            for entry in MODEL_TABLE.values():
+                sys.modules.pop(entry.module, None)
+            status = patching.status()
+
+        self.assertTrue(status["transformers_supported"])
+        for model_type, entry in MODEL_TABLE.items():
+            state = status["models"][model_type]["state"]
+            if entry.patchable_in("4.50.3"):
+                self.assertTrue(state.startswith("not imported (will "), state)  # the hook, if any, decides
+            else:
+                self.assertEqual(
+                    state,
+                    f"stock (transformers 4.50.3 has no module-level `eager_attention_forward` for {model_type} "
+                    f"(transformers has one since {entry.first_patchable_release}), so {model_type}'s eager attention "
+                    "stays stock: use attn_implementation='sdpa' for it)",
+                )
+
     @require_torch
     def test_siglip_without_module_level_function_is_left_stock_with_one_warning(self):
         # transformers 4.48-4.50 compute SigLIP's eager attention inside `SiglipAttention.forward`.
