@@ -500,9 +500,11 @@ def tests_message(paths: list[str]) -> str:
         [
             "Qwen2 family: tests for float16/bfloat16 eager attention",
             "",
-            "Small tester configs with q/k biases large enough to overflow float16 scores: eager must stay finite and",
-            "as close to the float32 model as sdpa in float16 and bfloat16, including the returned attention weights.",
-            "The slow integration test checks Qwen2-7B-Instruct's float16 eager generation against sdpa.",
+            "One test file per model of the family, each with a small tester config whose q/k biases are large enough",
+            "to overflow float16 scores: eager must stay finite and as close to the float32 model as sdpa in float16",
+            "and bfloat16, including the returned attention weights, and match sdpa in float32. Qwen2-VL, Qwen2.5-VL",
+            "and the Qwen2.5-Omni thinker run text-only inputs through their M-RoPE text decoder. The slow integration",
+            "test checks Qwen2-7B-Instruct's float16 eager generation against its expected text.",
             "",
             *(f"    {path}" for path in paths),
         ]

@@ -84,6 +84,10 @@ class Qwen2MoeEagerAttentionTest(unittest.TestCase):
     def test_overflow_eager_float16_as_close_to_float32_as_sdpa(self):
         self.check_eager_as_close_to_float32_as_sdpa(torch.float16)
 
+    def test_eager_bfloat16_as_close_to_float32_as_sdpa(self):
+        # no overflow in bfloat16, but the scores lose precision when computed in it
+        self.check_eager_as_close_to_float32_as_sdpa(torch.bfloat16)
+
     def check_eager_as_close_to_float32_as_sdpa(self, dtype):
         torch.manual_seed(0)
         inputs = self.model_tester.prepare_inputs()
