@@ -8,6 +8,7 @@ this interpreter runs stock eager attention by default (opt-out set, import hook
 import argparse
 import os
 import sys
+import warnings
 
 from . import __version__
 
@@ -88,8 +89,6 @@ def _import_patched_modules() -> str | None:
     Imports the transformers modules of the model table, as a user's model would (the import hook acts here); a model
     this transformers does not have yet is skipped (its status line says so).
     """
-    import warnings
-
     from . import patching
     from .model_table import MODEL_TABLE
 
