@@ -2,7 +2,8 @@
 # CI for the patch series: downloads the transformers sdist the series targets, unpacks it and commits it to a fresh
 # git repository, then exercises scripts/apply_patches.sh on it (apply, --check, --reverse back to the pristine tree,
 # apply again with --commit), installs the patched tree into its own virtual environment (CPU torch pin first, no
-# overlay) and runs this repository's tests/models there: the fix must hold with stock-style transformers alone.
+# overlay) and runs this repository's tests/models and scripts/check_patched_parity.py there: the fix and drop-in
+# parity (autograd, torch.compile, torch.export, autocast, gradient checkpointing) must hold with transformers alone.
 #
 # usage: scripts/ci_patched_tree.sh
 # environment:
@@ -89,5 +90,8 @@ for path in ${TEST_PATHS:-tests/models}; do
 done
 [[ ${#TESTS[@]} -gt 0 ]] || fail "no test path found in $REPO"
 (cd "$REPO" && "$VENV/bin/python" -m pytest -p no:cacheprovider -q "${TESTS[@]}")
+
+step "drop-in parity against the patched tree"
+(cd "$WORK_DIR" && "$VENV/bin/python" "$REPO/scripts/check_patched_parity.py")
 
 step "done in $((SECONDS - START))s"

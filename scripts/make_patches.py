@@ -53,6 +53,7 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -63,7 +64,7 @@ PATCH_DIR = REPO / "patches"
 
 TRANSFORMERS_VERSION = "5.23.0"
 # Author/committer date of every patch: bump it when the content of the series changes.
-PATCH_DATE = "2026-11-30"
+PATCH_DATE = "2026-12-01"
 # The project's git identity (the repository's user.name/user.email), fixed so the series is reproducible.
 AUTHOR = ("Seed 893c5ed4 maintainers", "maintainers@users.noreply.r-seed-893c5ed4.example")
 
@@ -97,8 +98,18 @@ CASED_NAMES = {
 KEEP_STOCK = {
     "cwm": "llama",
     "deepseek_ocr2": "llama",
+    "exaone4_5": "zamba",
+    "kimi_k25": "zamba",
+    "minicpmv4_6": "zamba",
     "ministral": "llama",
+    "paddleocr_vl": "zamba",
     "qwen3": "llama",
+    "qwen3_omni_moe": "zamba",
+    "video_llama_3": "zamba",
+}
+KEEP_STOCK_SOURCES = {
+    "llama": "Llama's, which they had before Qwen2 defined its own",
+    "zamba": "Zamba's, the text Qwen2-VL's had (built on Qwen2-VL or Qwen2.5-Omni classes, not Qwen2's decoder)",
 }
 # Names the overlay function may use, and what the family's modeling files provide them as.
 ALLOWED_IMPORTS = {"torch", "nn", "repeat_kv"}
@@ -109,6 +120,14 @@ UPSTREAM_BUG = "https://github.com/huggingface/transformers/issues/33615"
 
 class PatchError(Exception):
     """A one-line reason why the series cannot be generated."""
+
+
+def kept_stock() -> dict[str, list[str]]:
+    """The KEEP_STOCK models grouped by the model whose function they import."""
+    grouped = {}
+    for model, source in sorted(KEEP_STOCK.items()):
+        grouped.setdefault(source, []).append(model)
+    return grouped
 
 
 def modular_path(model: str) -> str:
@@ -483,11 +502,23 @@ def modeling_message(files: list[str]) -> str:
             "the weights back to the value dtype before `@ value`, as before. The signature and the returned",
             "`(attn_output, attn_weights)` are unchanged, and float32 inputs give the previous result.",
             "",
-            f"Scope: the models with Qwen2's q/k-biased attention and their own eager function ({family}).",
-            "modular_qwen2.py defines the function, modular_qwen2_moe.py imports it, the hand-written",
-            "modeling_qwen2_vl.py copies it (`# Copied from`), and qwen2_5_vl / qwen2_5_omni inherit it through their",
-            "modular files. Models that used to inherit Qwen2's function without its biases (qwen3, ministral, cwm,",
-            "deepseek_ocr2) now import Llama's explicitly, so their generated code is unchanged.",
+            *textwrap.wrap(
+                f"Scope: the models with Qwen2's q/k-biased attention and their own eager function ({family})."
+                " modular_qwen2.py defines the function, modular_qwen2_moe.py imports it, the hand-written"
+                " modeling_qwen2_vl.py copies it (`# Copied from`), and qwen2_5_vl / qwen2_5_omni inherit it through"
+                " their modular files.",
+                width=105,
+            ),
+            "",
+            "Models outside the family that took Qwen2's or Qwen2-VL's function through a family class now import",
+            "a function with the same stock text explicitly, so their generated code is unchanged:",
+            *(
+                line
+                for source, models in kept_stock().items()
+                for line in textwrap.wrap(
+                    f"- {KEEP_STOCK_SOURCES[source]}: {', '.join(models)}", width=105, subsequent_indent="  "
+                )
+            ),
             "",
             "Files:",
             *(f"    {path}" for path in files),

@@ -149,6 +149,24 @@ class PatchSeriesTest(unittest.TestCase):
             model = path.split("/")[3]
             self.assertTrue(model in make_patches.FAMILY or model in make_patches.KEEP_STOCK, path)
 
+    def test_models_kept_stock_import_a_function_with_their_stock_text(self):
+        tree = pristine_tree()
+
+        def eager_text(model):
+            text = (tree / make_patches.modeling_path(model)).read_text(encoding="utf-8")
+            node = next(n for n in ast.parse(text).body if getattr(n, "name", None) == make_patches.EAGER)
+            return ast.get_source_segment(text, node)
+
+        for model, source in make_patches.KEEP_STOCK.items():
+            with self.subTest(model):
+                self.assertNotIn(source, make_patches.FAMILY)
+                self.assertEqual(eager_text(source), eager_text(model))
+
+    def test_the_pr_description_names_every_model_kept_stock(self):
+        description = (PATCH_DIR / "PR.md").read_text(encoding="utf-8")
+        for model in [*make_patches.FAMILY, *make_patches.KEEP_STOCK]:
+            self.assertIn(model, description)
+
     def test_the_family_is_the_model_table_without_siglip(self):
         # SigLIP (LLaVA-OneVision's vision tower) stays an overlay-only entry: patches/PR.md says why
         from transformers_overlay.model_table import MODEL_TABLE
