@@ -7,14 +7,18 @@ float16, bfloat16 and float32,
 each once on an otherwise idle machine and once beside one competing CPU-bound process (`--load`).
 
 Contenders: `stock` (transformers' own `eager_attention_forward` of Qwen2), `overlay` (the function the overlay
-installs: on CPU inference it takes its blocked path), `patch` (the reference function of the patch set, i.e. what
-upstream would run), and `sdpa` (transformers' sdpa function). On CUDA, `patch_out_dtype` also measures the half-input,
-float32-output route of the scores (`torch.bmm(..., out_dtype=torch.float32)`), a candidate for the GPU.
+installs: the reference after its mask extras), `reference` (the reference function alone, i.e. what the patch series
+puts into transformers and what a patched tree runs without the overlay), and `sdpa` (transformers' sdpa function). On
+CUDA, `reference_out_dtype` also measures a candidate: the same grouped reference with the scores from
+`torch.bmm(..., out_dtype=torch.float32)` on the half-precision inputs (torch >= 2.8, CUDA only, no derivative).
+
+The header names the hardware: the CPU model and the matmul capabilities its flags advertise (AVX2, AVX512-BF16,
+AVX512-FP16, AMX-BF16), or the GPU, and the torch build.
 
 How it measures:
 - Each cell runs in a fresh worker process, with torch's default thread count unless `--threads` is given. The worker
   builds the inputs as the model's projections lay them out, calls every contender once on a short input (code pages,
-  one-time set-up), then measures each contender's peak memory on one call (timed too: round 0), then times them in
+  one-time set-up) and, on CUDA, once more at the cell's size (kernel selection, allocator), then measures each contender's peak memory on one call (timed too: round 0), then times them in
   rounds, rotating the order every round, until `--time-budget` seconds have passed (at least `--min-rounds` rounds
   in all); the median is kept.
 - Peak memory on CPU: the peak resident set size (`VmHWM`, reset through `/proc/self/clear_refs`) above the resident
@@ -28,6 +32,7 @@ Usage (from the repository root; the full run takes about 15 minutes on 2 CPU co
     python scripts/benchmark_attention.py                    # every cell; table on stdout, JSON to --output
     python scripts/benchmark_attention.py --quick            # prefill 512 and decode 2048 in bfloat16, idle only
     python scripts/benchmark_attention.py --device cuda      # the same cells on a GPU (no competing process)
+    python scripts/benchmark_attention.py --device cuda --quick   # prefill 1024/4096, decode 8192, fp16/bf16 (~2 min)
 """
 
 import argparse
@@ -50,7 +55,7 @@ DTYPES = ("float16", "bfloat16", "float32")
 LOADS = ("idle", "busy")
 WARMUP_LENGTH = 64
 DEFAULT_OUTPUT = Path(tempfile.gettempdir()) / "transformers-overlay-benchmarks" / "attention.json"
-TARGET = "overlay <= stock eager in time and in peak memory"
+TARGET = "overlay and reference <= stock eager in time and in peak memory"
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -62,7 +67,7 @@ def _contenders(device):
     """name -> attention function; transformers' own function is read with the overlay reverted."""
     import torch
 
-    from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
     from transformers.models.qwen2 import modeling_qwen2
     from transformers_overlay import patching
     from transformers_overlay.integrations.overlay_eager_attention import overlay_eager_attention_forward
@@ -72,25 +77,26 @@ def _contenders(device):
         stock = modeling_qwen2.eager_attention_forward
     if stock.__module__ != modeling_qwen2.__name__:
         raise RuntimeError(f"expected transformers' own eager attention, got {stock.__module__}.{stock.__name__}")
-    contenders = {"stock": stock, "overlay": overlay_eager_attention_forward, "patch": eager_attention_forward}
+    contenders = {"stock": stock, "overlay": overlay_eager_attention_forward, "reference": eager_attention_forward}
 
-    def patch_out_dtype(module, query, key, value, attention_mask, scaling, dropout=0.0, **kwargs):
-        """The patch's function with half-precision `query @ key^T` accumulated and returned in float32 (CUDA)."""
-        key_states = repeat_kv(key, module.num_key_value_groups)
-        value_states = repeat_kv(value, module.num_key_value_groups)
+    def reference_out_dtype(module, query, key, value, attention_mask, scaling, dropout=0.0, **kwargs):
+        """The grouped reference with half-precision `query @ key^T` accumulated and returned in float32 (CUDA)."""
         batch, heads, q_len, head_dim = query.shape
+        kv_heads, kv_len = key.shape[1], key.shape[2]
         scores = torch.bmm(
-            (query * scaling).reshape(batch * heads, q_len, head_dim),
-            key_states.reshape(batch * heads, -1, head_dim).transpose(1, 2),
+            query.reshape(batch * kv_heads, -1, head_dim),
+            key.reshape(batch * kv_heads, kv_len, head_dim).transpose(1, 2),
             out_dtype=torch.float32,
-        ).view(batch, heads, q_len, -1)
+        ).view(batch, heads, q_len, kv_len)
+        scores.mul_(scaling)
         if attention_mask is not None:
-            scores = scores + attention_mask
-        weights = torch.softmax(scores, dim=-1).to(value.dtype)
-        return torch.matmul(weights, value_states).transpose(1, 2).contiguous(), weights
+            scores.add_(attention_mask)
+        weights = torch.softmax(scores, dim=-1, out=scores).to(value.dtype)
+        output = torch.bmm(weights.view(batch * kv_heads, -1, kv_len), value.reshape(batch * kv_heads, kv_len, -1))
+        return output.view(batch, heads, q_len, -1).transpose(1, 2).contiguous(), weights
 
     if device == "cuda":
-        contenders["patch_out_dtype"] = patch_out_dtype
+        contenders["reference_out_dtype"] = reference_out_dtype
     contenders["sdpa"] = sdpa_attention_forward
     return contenders
 
@@ -196,6 +202,10 @@ def _worker(cell):
         for call in calls(WARMUP_LENGTH).values():
             call()
         timed = calls(cell["length"])
+        if device == "cuda":  # kernel selection and allocator growth at the timed size stay out of the timings
+            for call in timed.values():
+                call()
+            torch.cuda.synchronize()
         # Round 0 measures each contender's peak memory (and its time); later rounds rotate the order.
         times, started = {name: [] for name in timed}, time.perf_counter()
         result["peak_bytes"] = {}
@@ -262,29 +272,65 @@ def _cells(args):
                     }
 
 
+CONTENDERS_CHECKED = ("overlay", "reference")  # each held to the target against stock
+
+
 def _row(cell, result):
     median, peak = result["median_s"], result["peak_bytes"]
-    time_ratio = median["overlay"] / median["stock"]
-    memory_ratio = peak["overlay"] / peak["stock"]
-    misses = [what for what, ratio in (("time", time_ratio), ("memory", memory_ratio)) if ratio > 1.0]
+    times = " | ".join(f"{median[name] * 1e3:.4g}" for name in result["columns"])
+    ratios, misses = [], []
+    for name in CONTENDERS_CHECKED:
+        time_ratio, memory_ratio = median[name] / median["stock"], peak[name] / peak["stock"]
+        ratios.append(f"{time_ratio:.2f} | {memory_ratio:.2f}")
+        misses += [f"{name} {what}" for what, ratio in (("time", time_ratio), ("peak", memory_ratio)) if ratio > 1.0]
     return (
-        f"| {cell['phase']} | {cell['length']} | {cell['dtype']} | {cell['load']} | {median['stock'] * 1e3:.4g} "
-        f"| {median['overlay'] * 1e3:.4g} | {median['patch'] * 1e3:.4g} | {median['sdpa'] * 1e3:.4g} "
-        f"| {time_ratio:.2f} | {peak['stock'] / 2**20:.0f} | {peak['overlay'] / 2**20:.0f} | {memory_ratio:.2f} "
-        f"| {'MISSED: ' + ', '.join(misses) if misses else 'met'} |"
+        f"| {cell['phase']} | {cell['length']} | {cell['dtype']} | {cell['load']} | {times} "
+        f"| {peak['stock'] / 2**20:.0f} | {peak['overlay'] / 2**20:.0f} | {peak['reference'] / 2**20:.0f} "
+        f"| {' | '.join(ratios)} | {'MISSED: ' + ', '.join(misses) if misses else 'met'} |"
     )
 
 
-HEADER = (
-    "| phase | S | dtype | load | stock ms | overlay ms | patch ms | sdpa ms | overlay / stock time "
-    "| stock peak MiB | overlay peak MiB | overlay / stock peak | target |\n|" + "---|" * 13
-)
+def _header(columns):
+    names = ["phase", "S", "dtype", "load", *(f"{name} ms" for name in columns)]
+    names += ["stock peak MiB", "overlay peak MiB", "reference peak MiB"]
+    names += [f"{name} / stock {what}" for name in CONTENDERS_CHECKED for what in ("time", "peak")] + ["target"]
+    return "| " + " | ".join(names) + " |\n|" + "---|" * len(names)
+
+
+MATMUL_FLAGS = {"avx2": "AVX2", "avx512_bf16": "AVX512-BF16", "avx512_fp16": "AVX512-FP16", "amx_bf16": "AMX-BF16"}
+
+
+def _cpu_matmul_capabilities():
+    """The CPU model and the matmul-relevant instruction sets `/proc/cpuinfo` advertises (Linux; else the platform)."""
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            first_cpu = cpuinfo.read().split("\n\n")[0].splitlines()
+    except OSError:
+        return model
+    fields = {key.strip(): value.strip() for key, _, value in (line.partition(":") for line in first_cpu)}
+    model, flags = fields.get("model name", model), set(fields.get("flags", "").split())
+    found = [name for flag, name in MATMUL_FLAGS.items() if flag in flags]
+    return f"{model} ({', '.join(found) or 'none of ' + ', '.join(MATMUL_FLAGS.values())})"
+
+
+def _hardware(device):
+    """What the cells ran on, for the table's header: the GPU or the CPU's matmul capabilities, and the torch build."""
+    import torch
+
+    if device == "cuda":
+        hardware = f"{torch.cuda.get_device_name()} (CUDA {torch.version.cuda})"
+    else:
+        hardware = f"{_cpu_matmul_capabilities()}, {os.cpu_count()} CPUs"
+    return f"{hardware}; torch {torch.__version__}"
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--worker", help=argparse.SUPPRESS)
-    parser.add_argument("--quick", action="store_true", help="prefill 512 and decode 2048 in bfloat16, idle only")
+    parser.add_argument(
+        "--quick", action="store_true", help="CPU: prefill 512, decode 2048, bfloat16, idle; CUDA: see the usage above"
+    )
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     parser.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's default)")
     parser.add_argument("--prefill", type=int, nargs="*", default=list(PREFILL_LENGTHS), help="prefill lengths")
@@ -298,7 +344,9 @@ def main(argv=None):
     if args.worker:
         print(json.dumps(_worker(json.loads(args.worker))))
         return 0
-    if args.quick:
+    if args.quick and args.device == "cuda":  # sized for scripts/gpu_checks.sh: about two minutes
+        args.prefill, args.decode, args.dtypes, args.time_budget = [1024, 4096], [8192], ["float16", "bfloat16"], 1.0
+    elif args.quick:
         args.prefill, args.decode, args.dtypes, args.loads, args.time_budget = (
             [512],
             [2048],
@@ -311,14 +359,14 @@ def main(argv=None):
 
     import transformers
 
-    print(
-        f"torch {torch.__version__}, transformers {transformers.__version__}, {platform.processor() or platform.machine()}"
-        f", {os.cpu_count()} CPUs, device {args.device}; target: {TARGET}\n"
-    )
-    print(HEADER, flush=True)
+    hardware = _hardware(args.device)
+    print(f"{hardware}, transformers {transformers.__version__}; target: {TARGET}\n")
     rows = []
     for cell in _cells(args):
         result = _run_cell(cell)
+        result["columns"] = list(result["median_s"])
+        if not rows:
+            print(_header(result["columns"]), flush=True)
         rows.append({"cell": cell, "result": result})
         print(_row(cell, result), flush=True)
     misses = [row for row in rows if "MISSED" in _row(row["cell"], row["result"])]
@@ -327,6 +375,7 @@ def main(argv=None):
     )
     args.output.parent.mkdir(parents=True, exist_ok=True)
     metadata = {
+        "hardware": hardware,
         "torch": torch.__version__,
         "transformers": transformers.__version__,
         "machine": platform.machine(),

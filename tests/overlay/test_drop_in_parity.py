@@ -19,7 +19,6 @@ checkpointing), checked on a tiny Qwen2 with the overlay applied and, as the con
 
 import contextlib
 import unittest
-from unittest import mock
 
 from packaging.version import Version
 from parameterized import parameterized
@@ -102,18 +101,22 @@ class DropInParityTest(unittest.TestCase):
         expected_grad = value.detach().repeat_interleave(2, dim=1).sum(-1)[:, :, None, :].expand_as(weights)
         torch.testing.assert_close(weights.grad, expected_grad)
 
-    def test_compiles_with_fullgraph(self):
+    @parameterized.expand([("no_grad",), ("enable_grad",)])
+    def test_compiles_with_fullgraph(self, grad_mode):
+        # Both of the reference's softmax modes: in place on the scores without autograd, out of place with it.
         query, key, value = (torch.randn(1, heads, 8, 32, device=torch_device) for heads in (4, 2, 2))
-        mask = torch.zeros(1, 1, 8, 8, device=torch_device).masked_fill(torch.ones(8, 8).triu(1).bool(), float("-inf"))
+        allowed = torch.ones(8, 8, dtype=torch.bool, device=torch_device).tril()
+        mask = torch.zeros(1, 1, 8, 8, device=torch_device).masked_fill(~allowed, float("-inf"))
         module = torch.nn.Module().eval()
         module.num_key_value_groups = 2
 
+        torch._dynamo.reset()
         compiled = torch.compile(overlay_eager_attention_forward, fullgraph=True)
-        with mock.patch.object(overlay_eager_attention, "blocked_eager_attention_forward", side_effect=AssertionError):
+        with getattr(torch, grad_mode)():
             output, weights = compiled(module, query, key, value, mask, 0.25)
-        expected = eager_attention_forward(
-            module, query, key, value, overlay_eager_attention.float32_attention_mask(mask, 8), 0.25
-        )
+            expected = eager_attention_forward(
+                module, query, key, value, overlay_eager_attention.float32_attention_mask(mask, 8), 0.25
+            )
 
         torch.testing.assert_close((output, weights), expected)
 

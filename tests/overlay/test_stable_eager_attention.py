@@ -14,13 +14,11 @@
 """
 The numerical contract of the stable eager attention: the reference function of the patch set
 (`stable_eager_attention.eager_attention_forward`) and the function the overlay installs
-(`overlay_eager_attention.overlay_eager_attention_forward`: mask extras, and the blocked path for CPU inference),
-checked against transformers' own function and against each other.
+(`overlay_eager_attention.overlay_eager_attention_forward`: the reference after the overlay's mask extras), checked
+against transformers' own function and, with and without autograd, against themselves.
 """
 
-import contextlib
 import unittest
-from unittest import mock
 
 from parameterized import parameterized
 
@@ -35,11 +33,7 @@ if is_torch_available():
     from transformers.models.qwen2 import modeling_qwen2
     from transformers.models.siglip import modeling_siglip
     from transformers_overlay import patching
-    from transformers_overlay.integrations import overlay_eager_attention
-    from transformers_overlay.integrations.overlay_eager_attention import (
-        blocked_eager_attention_forward,
-        overlay_eager_attention_forward,
-    )
+    from transformers_overlay.integrations.overlay_eager_attention import overlay_eager_attention_forward
     from transformers_overlay.integrations.stable_eager_attention import eager_attention_forward
     from transformers_overlay.model_table import MODEL_TABLE
 
@@ -245,7 +239,7 @@ class StableEagerAttentionHalfPrecisionTest(unittest.TestCase):
 
 
 def attend_with_gradients(function, module, query, key, value, mask, scaling, **kwargs):
-    """`function` on inputs that require grad, so the overlay takes its reference path; results detached."""
+    """`function` on inputs that require grad, so that its softmax keeps the scores for backward; results detached."""
     query, key, value = (tensor.detach().requires_grad_() for tensor in (query, key, value))
     return tuple(result.detach() for result in function(module, query, key, value, mask, scaling, **kwargs))
 
@@ -253,23 +247,24 @@ def attend_with_gradients(function, module, query, key, value, mask, scaling, **
 @require_torch
 class OverlayMaskTest(unittest.TestCase):
     """
-    The overlay's mask extras, on both of its paths: boolean masks mean True = attend, and a row whose keys are all
-    masked gets the uniform weights of transformers' own finite masks instead of NaN.
+    The overlay's mask extras, with and without autograd (the reference's softmax overwrites the scores only without
+    it): boolean masks mean True = attend, and a row whose keys are all masked gets the uniform weights of
+    transformers' own finite masks instead of NaN.
     """
 
     def setUp(self):
         self.query, self.key, self.value = make_qkv(8, 2, query_len=10)
         self.module = AttentionModuleStub(4).eval()
 
-    def attend(self, mask, query=None, path="blocked"):
+    def attend(self, mask, query=None, path="no_grad"):
         query = self.query if query is None else query
         arguments = (self.module, query, self.key, self.value, mask, HEAD_DIM**-0.5)
-        if path == "reference":
+        if path == "autograd":
             return attend_with_gradients(overlay_eager_attention_forward, *arguments)
         with torch.no_grad():
             return overlay_eager_attention_forward(*arguments)
 
-    @parameterized.expand([(dtype, path) for dtype in FLOAT_DTYPES for path in ("blocked", "reference")])
+    @parameterized.expand([(dtype, path) for dtype in FLOAT_DTYPES for path in ("no_grad", "autograd")])
     def test_boolean_mask_equals_additive_mask(self, dtype, path):
         self.query, self.key, self.value = (tensor.to(dtype) for tensor in (self.query, self.key, self.value))
         allowed = causal_mask(10, 10) == 0  # True = attend
@@ -278,7 +273,7 @@ class OverlayMaskTest(unittest.TestCase):
 
         torch.testing.assert_close(self.attend(allowed, path=path), self.attend(additive, path=path), atol=0, rtol=0)
 
-    @parameterized.expand([("blocked",), ("reference",)])
+    @parameterized.expand([("no_grad",), ("autograd",)])
     def test_boolean_mask_is_not_added_as_zero_one(self, path):
         # Upstream adds a boolean mask as 0/1, which attends every key; True = attend must hide the future.
         allowed = causal_mask(10, 10) == 0
@@ -286,7 +281,7 @@ class OverlayMaskTest(unittest.TestCase):
         self.assertTrue((weights.masked_select(~allowed) == 0).all())
 
     @parameterized.expand(
-        [(mask_type, path) for mask_type in ("neg_inf", "boolean") for path in ("blocked", "reference")]
+        [(mask_type, path) for mask_type in ("neg_inf", "boolean") for path in ("no_grad", "autograd")]
     )
     def test_fully_masked_rows_get_the_weights_of_finite_masks(self, mask_type, path):
         allowed = (causal_mask(10, 10) == 0).expand(2, 1, 10, 10).clone()
@@ -312,7 +307,7 @@ class OverlayMaskTest(unittest.TestCase):
         fully_masked = ~allowed.any(dim=-1)  # (batch, 1, q): these rows are uniform
         torch.testing.assert_close(weights[fully_masked.expand(-1, 8, -1)], torch.full((8 * 5, 10), 0.1))
 
-    @parameterized.expand([("blocked",), ("reference",)])
+    @parameterized.expand([("no_grad",), ("autograd",)])
     def test_longer_mask_is_sliced_to_the_key_length(self, path):
         mask = causal_mask(10, 10)
         longer = torch.cat([mask, torch.full((1, 1, 10, 5), float("-inf"), device=torch_device)], dim=-1)
@@ -321,7 +316,7 @@ class OverlayMaskTest(unittest.TestCase):
         torch.testing.assert_close(self.attend(longer, path=path), self.attend(mask, path=path), atol=0, rtol=0)
 
     @parameterized.expand(
-        [(mask_type, path) for mask_type in ("additive", "boolean") for path in ("blocked", "reference")]
+        [(mask_type, path) for mask_type in ("additive", "boolean") for path in ("no_grad", "autograd")]
     )
     def test_mask_with_query_dimension_one_broadcasts(self, mask_type, path):
         query, _, _ = make_qkv(8, 2, query_len=100, key_len=10, seed=3)
@@ -329,101 +324,48 @@ class OverlayMaskTest(unittest.TestCase):
         if mask_type == "boolean":
             mask = mask == 0
         expanded = mask.expand(2, 1, 100, 10)
-        # Blocks of 25 rows, so the broadcast mask is reused across blocks.
-        with mock.patch.object(overlay_eager_attention, "_MIN_ROWS_PER_BLOCK", 16):
-            broadcast_result = self.attend(mask, query, path=path)
-            expanded_result = self.attend(expanded, query, path=path)
+        broadcast_result = self.attend(mask, query, path=path)
+        expanded_result = self.attend(expanded, query, path=path)
 
         torch.testing.assert_close(broadcast_result, expanded_result, atol=0, rtol=0)
 
 
 @require_torch
-class BlockedPathTest(unittest.TestCase):
-    """The overlay's inference-only path equals the reference function, and runs only where it may."""
+class InferenceModeTest(unittest.TestCase):
+    """Without autograd the reference's softmax overwrites its float32 scores; the results are the same."""
 
     @parameterized.expand(
         [
-            (
-                f"{str(dtype)[6:]}_{layout}_{query_len}x{key_len}",
-                dtype,
-                num_heads,
-                num_key_value_heads,
-                query_len,
-                key_len,
-            )
+            (f"{str(dtype)[6:]}_{query_len}x{key_len}", dtype, query_len, key_len)
             for dtype in FLOAT_DTYPES
-            for layout, num_heads, num_key_value_heads in (("mha", 4, 4), ("qwen2_7b", 28, 4))
-            for query_len, key_len in ((300, 300), (1, 300), (7, 300))  # prefill in 4 blocks, decode, a short chunk
+            for query_len, key_len in ((40, 40), (1, 40), (7, 40))  # prefill, decode, a short chunk
         ]
     )
-    def test_equals_the_reference_function(self, _, dtype, num_heads, num_key_value_heads, query_len, key_len):
-        query, key, value = (
-            tensor.to(dtype) for tensor in make_qkv(num_heads, num_key_value_heads, query_len, key_len, seed=4)
-        )
-        module = AttentionModuleStub(num_heads // num_key_value_heads).eval()
+    def test_no_grad_equals_autograd(self, _, dtype, query_len, key_len):
+        query, key, value = (tensor.to(dtype) for tensor in make_qkv(28, 4, query_len, key_len, seed=4))
+        module = AttentionModuleStub(7).eval()
         mask = causal_mask(query_len, key_len, dtype=dtype) + padding_mask(2, key_len, padded=7, dtype=dtype)
-        # Both paths of the overlay see the mask its extras make (the first rows of the padded sequence add two
-        # minimums, which is -inf in float32).
-        reference_mask = overlay_eager_attention.float32_attention_mask(mask, key_len)
 
         with torch.no_grad():
-            output, weights = blocked_eager_attention_forward(module, query, key, value, mask, HEAD_DIM**-0.5)
-            expected_output, expected_weights = eager_attention_forward(
-                module, query, key, value, reference_mask, HEAD_DIM**-0.5
-            )
+            output, weights = eager_attention_forward(module, query, key, value, mask, HEAD_DIM**-0.5)
+        expected = attend_with_gradients(eager_attention_forward, module, query, key, value, mask, HEAD_DIM**-0.5)
 
         self.assertEqual((output.dtype, weights.dtype), (dtype, dtype))
-        self.assertEqual((output.shape, weights.shape), (expected_output.shape, expected_weights.shape))
-        # The weights agree to float32 rounding before the cast; the output differs by the reference's rounding of
-        # the weights to `dtype` before `@ V` (the blocked path multiplies float32 probabilities).
-        tolerance = {torch.float32: 1e-6, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}[dtype]
-        torch.testing.assert_close(weights, expected_weights, atol=tolerance, rtol=tolerance)
-        torch.testing.assert_close(output, expected_output, atol=tolerance, rtol=tolerance)
+        torch.testing.assert_close((output, weights), expected, atol=0, rtol=0)
 
     @parameterized.expand([(torch.float16,), (torch.bfloat16,)])
-    def test_overflow_prone_inputs_match_the_reference(self, dtype):
-        query, key, value = make_overflow_prone_qkv(dtype, query_len=300)
+    def test_overflow_prone_inputs_stay_finite_without_grad(self, dtype):
+        query, key, value = make_overflow_prone_qkv(dtype, query_len=64)
         module = AttentionModuleStub(2).eval()
-        mask = causal_mask(300, 300, dtype=dtype)
+        mask = causal_mask(64, 64, dtype=dtype)
         with torch.no_grad():
-            output, weights = blocked_eager_attention_forward(module, query, key, value, mask, OVERFLOW_HEAD_DIM**-0.5)
-            expected = eager_attention_forward(module, query, key, value, mask, OVERFLOW_HEAD_DIM**-0.5)
+            output, weights = overlay_eager_attention_forward(module, query, key, value, mask, OVERFLOW_HEAD_DIM**-0.5)
+        expected = attend_with_gradients(
+            eager_attention_forward, module, query, key, value, mask, OVERFLOW_HEAD_DIM**-0.5
+        )
 
         self.assertTrue(torch.isfinite(output).all() and torch.isfinite(weights).all())
-        torch.testing.assert_close((output, weights), expected, atol=2e-2, rtol=2e-2)
-
-    def test_block_count_does_not_change_the_weights(self):
-        query, key, value = make_qkv(8, 2, query_len=256, seed=5)
-        module = AttentionModuleStub(4).eval()
-        mask = causal_mask(256, 256)
-
-        def attend(min_rows_per_block):
-            with (
-                torch.no_grad(),
-                mock.patch.object(overlay_eager_attention, "_MIN_ROWS_PER_BLOCK", min_rows_per_block),
-            ):
-                return blocked_eager_attention_forward(module, query, key, value, mask, HEAD_DIM**-0.5)
-
-        torch.testing.assert_close(attend(16), attend(256), atol=1e-6, rtol=1e-6)  # 4 blocks of 64 rows vs 1 block
-
-    def test_runs_only_for_cpu_inference(self):
-        query, key, value = make_qkv(8, 2, query_len=10)
-        module = AttentionModuleStub(4)
-        cases = {
-            "no_grad eval": (torch.no_grad, module.eval(), {}, True),
-            "grad enabled, inputs without grad": (contextlib.nullcontext, module.eval(), {}, True),
-            "dropout 0 in training": (torch.no_grad, AttentionModuleStub(4).train(), {"dropout": 0.0}, True),
-            "dropout in training": (torch.no_grad, AttentionModuleStub(4).train(), {"dropout": 0.1}, False),
-        }
-        for name, (context, stub, kwargs, expected) in cases.items():
-            with self.subTest(name), context():
-                self.assertEqual(
-                    overlay_eager_attention._runs_blocked(stub, query, key, value, kwargs.get("dropout", 0.0)),
-                    expected,
-                )
-        self.assertFalse(overlay_eager_attention._runs_blocked(module, query.requires_grad_(), key, value, 0.0))
-        with mock.patch.object(torch.compiler, "is_compiling", return_value=True):
-            self.assertFalse(overlay_eager_attention._runs_blocked(module, query.detach(), key, value, 0.0))
+        torch.testing.assert_close((output, weights), expected, atol=0, rtol=0)
 
 
 @require_torch
