@@ -25,7 +25,7 @@ from unittest import mock
 from parameterized import parameterized
 
 from transformers import is_torch_available
-from transformers.testing_utils import require_torch, torch_device
+from transformers.testing_utils import require_torch, require_torch_accelerator, torch_device
 
 
 if is_torch_available():
@@ -254,7 +254,8 @@ def attend_with_gradients(function, module, query, key, value, mask, scaling, **
 class OverlayMaskTest(unittest.TestCase):
     """
     The overlay's mask extras, on both of its paths: boolean masks mean True = attend, and a row whose keys are all
-    masked gets the uniform weights of transformers' own finite masks instead of NaN.
+    masked gets the uniform weights of transformers' own finite masks instead of NaN. `path="blocked"` is an inference
+    call, which takes the blocked path on CPU and the reference path elsewhere (`path="reference"` everywhere).
     """
 
     def setUp(self):
@@ -310,13 +311,14 @@ class OverlayMaskTest(unittest.TestCase):
         torch.testing.assert_close(weights, expected_weights)
         torch.testing.assert_close(output, expected_output)
         fully_masked = ~allowed.any(dim=-1)  # (batch, 1, q): these rows are uniform
-        torch.testing.assert_close(weights[fully_masked.expand(-1, 8, -1)], torch.full((8 * 5, 10), 0.1))
+        uniform = torch.full((8 * 5, 10), 0.1, device=torch_device)
+        torch.testing.assert_close(weights[fully_masked.expand(-1, 8, -1)], uniform)
 
     @parameterized.expand([("blocked",), ("reference",)])
     def test_longer_mask_is_sliced_to_the_key_length(self, path):
         mask = causal_mask(10, 10)
         longer = torch.cat([mask, torch.full((1, 1, 10, 5), float("-inf"), device=torch_device)], dim=-1)
-        longer[..., 10:] = torch.randn(1, 1, 10, 5)  # whatever lies past the keys is ignored
+        longer[..., 10:] = torch.randn(1, 1, 10, 5, device=torch_device)  # whatever lies past the keys is ignored
 
         torch.testing.assert_close(self.attend(longer, path=path), self.attend(mask, path=path), atol=0, rtol=0)
 
@@ -407,7 +409,8 @@ class BlockedPathTest(unittest.TestCase):
         torch.testing.assert_close(attend(16), attend(256), atol=1e-6, rtol=1e-6)  # 4 blocks of 64 rows vs 1 block
 
     def test_runs_only_for_cpu_inference(self):
-        query, key, value = make_qkv(8, 2, query_len=10)
+        # The dispatch rule for CPU tensors, whatever `torch_device` is (other devices: the test below).
+        query, key, value = (tensor.cpu() for tensor in make_qkv(8, 2, query_len=10))
         module = AttentionModuleStub(4)
         cases = {
             "no_grad eval": (torch.no_grad, module.eval(), {}, True),
@@ -424,6 +427,22 @@ class BlockedPathTest(unittest.TestCase):
         self.assertFalse(overlay_eager_attention._runs_blocked(module, query.requires_grad_(), key, value, 0.0))
         with mock.patch.object(torch.compiler, "is_compiling", return_value=True):
             self.assertFalse(overlay_eager_attention._runs_blocked(module, query.detach(), key, value, 0.0))
+
+    @require_torch_accelerator
+    def test_accelerator_inference_runs_the_reference_function(self):
+        query, key, value = make_qkv(8, 2, query_len=10)
+        module = AttentionModuleStub(4).eval()
+        mask = causal_mask(10, 10)
+
+        with (
+            torch.no_grad(),
+            mock.patch.object(overlay_eager_attention, "blocked_eager_attention_forward", side_effect=AssertionError),
+        ):
+            self.assertFalse(overlay_eager_attention._runs_blocked(module, query, key, value, 0.0))
+            output, weights = overlay_eager_attention_forward(module, query, key, value, mask, HEAD_DIM**-0.5)
+            expected = eager_attention_forward(module, query, key, value, mask, HEAD_DIM**-0.5)
+
+        torch.testing.assert_close((output, weights), expected, atol=0, rtol=0)
 
 
 @require_torch
