@@ -3,11 +3,13 @@
 # `timeout` (and never past the overall limit):
 #   1. attention cost cells on CUDA: scripts/benchmark_attention.py --device cuda --quick
 #   2. `transformers-overlay check --device cuda` (float16/bfloat16, every row of the model table)
-#   3. the project's tests (tests/overlay, tests/models) with transformers' `torch_device` = cuda
+#   3. the project's tests (tests/overlay, tests/models) with transformers' `torch_device` = cuda, less the two files
+#      that never use it (the import hook and the CLI, which run on CPU in subprocesses and are tested by CPU CI)
 #   4. end-to-end float16 generate: scripts/benchmark_generate.py --device cuda
 # Results and logs go to $OUT (default: a temporary directory); a summary is printed at the end, and the exit code is
 # non-zero when a step failed or ran out of time.
 # Usage: bash scripts/gpu_checks.sh   (in an environment where `pip install -e ".[test]"` was run with a CUDA torch)
+# environment: OUT (results folder), TOTAL_LIMIT_S (overall limit in seconds, default 355)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-$(mktemp -d -t overlay-gpu-checks.XXXXXX)}
@@ -52,10 +54,11 @@ run_step "attention benchmark (--quick)" benchmark-attention.log 75 \
     python scripts/benchmark_attention.py --device cuda --quick --output "$OUT/attention-cuda.json"
 run_step "transformers-overlay check --device cuda" check.log 60 \
     transformers-overlay check --device cuda
-run_step "tests/overlay and tests/models on cuda" tests.log 150 \
+run_step "tests/overlay and tests/models on cuda" tests.log 160 \
     env TRANSFORMERS_TEST_DEVICE=cuda python -m pytest tests/overlay tests/models -q -p no:cacheprovider -rfE \
+    --ignore=tests/overlay/test_activation.py --ignore=tests/overlay/test_cli.py \
     --durations=15 --junitxml="$OUT/tests-cuda.xml"
-run_step "generate benchmark" benchmark-generate.log 60 \
+run_step "generate benchmark" benchmark-generate.log 55 \
     python scripts/benchmark_generate.py --device cuda --output "$OUT/generate-cuda.json"
 
 printf '\n=== summary (%ss of %ss)\n' "$SECONDS" "$TOTAL_LIMIT_S"
