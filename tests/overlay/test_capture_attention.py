@@ -75,7 +75,7 @@ def select_attention(weights, query_positions, heads=None, keys=None):
         weights = weights[:, list(heads)]
     if keys is None:
         return weights
-    keys = torch.as_tensor(keys)
+    keys = torch.as_tensor(keys, device=weights.device)
     if keys.dtype == torch.bool:
         keys = keys.nonzero()[:, -1].view(*keys.shape[:-1], -1)
     if keys.dim() == 1:

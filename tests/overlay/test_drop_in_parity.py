@@ -91,7 +91,9 @@ class DropInParityTest(unittest.TestCase):
         self.assertGreater(attentions.grad.abs().sum().item(), 0.0)
 
     def test_weights_are_what_the_output_is_computed_from(self):
-        query, key, value = (torch.randn(1, heads, 6, 16, requires_grad=True) for heads in (4, 2, 2))
+        query, key, value = (
+            torch.randn(1, heads, 6, 16, device=torch_device, requires_grad=True) for heads in (4, 2, 2)
+        )
         module = torch.nn.Module()
         module.num_key_value_groups = 2
         output, weights = overlay_eager_attention_forward(module.eval(), query, key, value, None, 0.25)
@@ -151,7 +153,8 @@ class DropInParityTest(unittest.TestCase):
     def test_scores_stay_float32_under_autocast(self, implementation, finite):
         # Mixed-precision fine-tuning: a float32 model under float16 autocast, gradients enabled.
         model = tiny_qwen2(bias=OVERFLOW_BIAS)
-        with attention_implementation(implementation), torch.autocast(device_type=torch_device, dtype=torch.float16):
+        device_type = torch.device(torch_device).type
+        with attention_implementation(implementation), torch.autocast(device_type=device_type, dtype=torch.float16):
             logits = model(self.input_ids).logits
 
         self.assertEqual(torch.isfinite(logits).all().item(), finite)

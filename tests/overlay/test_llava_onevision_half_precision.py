@@ -234,7 +234,7 @@ class LlavaOnevisionHalfPrecisionModelTester:
             with torch.no_grad():
                 image_features = feature_model.get_image_features(
                     pixel_values=image_inputs["pixel_values"][index : index + 1].to(torch_device),
-                    image_sizes=image_inputs["image_sizes"][index : index + 1],
+                    image_sizes=image_inputs["image_sizes"][index : index + 1].to(torch_device),
                 )
             # A list of per-image features, wrapped in a model output since transformers 5
             image_features = getattr(image_features, "pooler_output", image_features)

@@ -305,13 +305,14 @@ class OverlayMaskTest(unittest.TestCase):
         torch.testing.assert_close(weights, expected_weights)
         torch.testing.assert_close(output, expected_output)
         fully_masked = ~allowed.any(dim=-1)  # (batch, 1, q): these rows are uniform
-        torch.testing.assert_close(weights[fully_masked.expand(-1, 8, -1)], torch.full((8 * 5, 10), 0.1))
+        uniform = torch.full((8 * 5, 10), 0.1, device=torch_device)
+        torch.testing.assert_close(weights[fully_masked.expand(-1, 8, -1)], uniform)
 
     @parameterized.expand([("no_grad",), ("autograd",)])
     def test_longer_mask_is_sliced_to_the_key_length(self, path):
         mask = causal_mask(10, 10)
         longer = torch.cat([mask, torch.full((1, 1, 10, 5), float("-inf"), device=torch_device)], dim=-1)
-        longer[..., 10:] = torch.randn(1, 1, 10, 5)  # whatever lies past the keys is ignored
+        longer[..., 10:] = torch.randn(1, 1, 10, 5, device=torch_device)  # whatever lies past the keys is ignored
 
         torch.testing.assert_close(self.attend(longer, path=path), self.attend(mask, path=path), atol=0, rtol=0)
 

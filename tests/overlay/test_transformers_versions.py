@@ -252,8 +252,8 @@ class StableEagerAttentionMaskPathsTest(unittest.TestCase):
         torch.manual_seed(0)
         module = torch.nn.Module()
         module.num_key_value_groups = 2
-        query = torch.randn(2, 4, query_length, 16)
-        key, value = torch.randn(2, 2, key_length, 16), torch.randn(2, 2, key_length, 16)
+        query = torch.randn(2, 4, query_length, 16, device=torch_device)
+        key, value = (torch.randn(2, 2, key_length, 16, device=torch_device) for _ in range(2))
         return module.eval(), query, key, value
 
     def assert_finite(self, tensor):
@@ -270,8 +270,8 @@ class StableEagerAttentionMaskPathsTest(unittest.TestCase):
         # 4.48-4.52 make the mask `past + query + 1` columns long when no 2D mask is given, and their eager function
         # slices it to the keys (4.53+ pass masks as long as the keys and no longer slice).
         module, query, key, value = self.attention_inputs()
-        mask = torch.zeros(2, 1, 5, 8)
-        mask[..., :7] = torch.randn(2, 1, 5, 7).clamp(max=0)
+        mask = torch.zeros(2, 1, 5, 8, device=torch_device)
+        mask[..., :7] = torch.randn(2, 1, 5, 7, device=torch_device).clamp(max=0)
         with patching.disabled():
             expected = modeling_qwen2.eager_attention_forward(module, query, key, value, mask[..., :7], scaling=0.25)
 
@@ -383,7 +383,8 @@ class StableEagerAttentionMaskPathsTest(unittest.TestCase):
         for weights in outputs.attentions:
             self.assertEqual(weights.shape, (input_ids.shape[0], 28, length, length))
             self.assert_finite(weights)
-            torch.testing.assert_close(weights.float().sum(-1), torch.ones(weights.shape[:-1]), rtol=0, atol=1e-2)
+            row_sums = weights.float().sum(-1)
+            torch.testing.assert_close(row_sums, torch.ones_like(row_sums), rtol=0, atol=1e-2)
             self.assertTrue((weights.triu(diagonal=1) == 0).all())
 
 
