@@ -45,7 +45,7 @@ _EXPECTED_PARAMETERS = (
 
 _originals = {}  # model type -> the transformers function that was replaced
 _skipped = {}  # model type -> why it was left alone
-_notes = {}  # model type -> what `status()` adds to "patched" (an untested release, a forced replacement)
+_notes = {}  # model type -> what `status()` adds to "patched" for a function replaced by force
 _forced = set()  # model types `apply(force=True)` was called for, until `revert()`
 _enabled = True  # False after revert(): the import hook then leaves newly imported modules alone
 
@@ -244,8 +244,6 @@ def _patch(model_type: str) -> None:
     if forced and not _is_recognised(current):
         via = "apply(force=True)" if model_type in _forced else f"{FORCE_ENV}"
         _notes[model_type] = f"forced by {via}: transformers' function text is not one the overlay recognises"
-    elif is_untested_release(version):
-        _notes[model_type] = UNTESTED_RECOGNISED
     else:
         _notes.pop(model_type, None)
     _originals[model_type] = current
@@ -420,7 +418,9 @@ def status() -> dict:
         elif module is None:
             state = f"{NOT_IMPORTED} (will stay {STOCK}: overlay {activation}; apply() patches it)"
         elif model_type in _originals:
-            state = f"{PATCHED} ({_notes[model_type]})" if model_type in _notes else PATCHED
+            # Without a force, what was replaced is a recognised stock function.
+            note = _notes.get(model_type, UNTESTED_RECOGNISED if untested else None)
+            state = PATCHED if note is None else f"{PATCHED} ({note})"
         elif model_type in _skipped:
             state = f"{STOCK} ({_skipped[model_type]})"
         else:
