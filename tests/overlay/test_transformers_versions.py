@@ -112,6 +112,15 @@ class TransformersVersionGateTest(unittest.TestCase):
         # pip must not downgrade a newer transformers; whether its modules are patched is decided per function.
         self.assertEqual(patching.supported_transformers(), ">=4.48")
 
+    def test_lower_bound_without_package_metadata_is_read_from_the_checkout(self):
+        # Imported from a source checkout through PYTHONPATH, without `pip install`: setup.cfg still says it.
+        from importlib import metadata
+
+        patching.supported_transformers.cache_clear()
+        self.addCleanup(patching.supported_transformers.cache_clear)
+        with mock.patch.object(metadata, "requires", side_effect=metadata.PackageNotFoundError(patching.DISTRIBUTION)):
+            self.assertEqual(patching.supported_transformers(), ">=4.48")
+
     def test_unsupported_release_is_left_stock_with_one_warning(self):
         fake_version = "4.47.1"
         with overlay_state_restored(), mock.patch.object(patching, "transformers_version", return_value=fake_version):
