@@ -152,7 +152,10 @@ def _why_unsupported(version: str | None) -> str | None:
     found = "no installed transformers" if version is None else f"transformers {version}"
     supported = supported_transformers()
     if supported is None:
-        return f"{DISTRIBUTION} is not installed, so no package metadata says which transformers releases it supports"
+        return (
+            f"{DISTRIBUTION} is not installed and not imported from its source checkout, so nothing says which "
+            "transformers releases it supports"
+        )
     return f"{found} is outside the supported range {supported}"
 
 

@@ -164,6 +164,7 @@ class TransformersVersionGateTest(unittest.TestCase):
         with (
             mock.patch.object(patching, "transformers_version", return_value=FUTURE_RELEASE),
             mock.patch.object(patching, "_activation", return_value=patching.ACTIVE),
+            mock.patch.dict(patching._skipped, clear=True),
             mock.patch.dict(sys.modules),
         ):
             for entry in MODEL_TABLE.values():
@@ -259,17 +260,19 @@ class UntestedReleaseTest(unittest.TestCase):
         stack.enter_context(mock.patch.dict(os.environ, {patching.FORCE_ENV: ""}))
         stack.enter_context(transformers_reads_as(FUTURE_RELEASE))
         _activation._warned.clear()
-        self.patchable = [t for t in patchable_model_types(FUTURE_RELEASE) if t in self.modules]
+        # The model types whose module in the installed transformers has the function to replace.
+        self.patchable = [t for t, module in self.modules.items() if hasattr(module, patching.PATCHED_ATTRIBUTE)]
         self.stock = {t: getattr(self.modules[t], patching.PATCHED_ATTRIBUTE) for t in self.patchable}
         from transformers_overlay.integrations.overlay_eager_attention import overlay_eager_attention_forward
 
         self.stable = overlay_eager_attention_forward
 
-    def apply_recording_warnings(self, *args, **kwargs):
+    def apply_recording_warnings(self, model_types=None, **kwargs):
+        model_types = self.patchable if model_types is None else model_types
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            patching.apply(*args, **kwargs)
-            status = patching.apply(*args, **kwargs)  # a second attempt must not warn again
+            patching.apply(model_types, **kwargs)
+            status = patching.apply(model_types, **kwargs)  # a second attempt must not warn again
         return status, overlay_warnings(caught)
 
     def change_qwen2_function(self):
