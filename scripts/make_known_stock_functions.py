@@ -128,6 +128,7 @@ def quoted(text: str) -> str:
 
 
 def render(variants: list[dict], releases: list[str]) -> str:
+    """The text of `known_stock_functions.py` for `variants` (see `collect`) read from `releases`."""
     lines = [
         '"""',
         f"The stock `{FUNCTION}` texts of the model table's transformers modules, one per normalised form",
@@ -157,6 +158,7 @@ def render(variants: list[dict], releases: list[str]) -> str:
 
 
 def main(argv=None) -> int:
+    """Reads the releases' wheels and writes --output; returns the exit code."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--releases", nargs="+", help="transformers releases to read (default: see above)")
     parser.add_argument(
