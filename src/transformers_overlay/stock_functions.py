@@ -49,7 +49,12 @@ def _normalised_node(node) -> str:
 
 
 def normalised_function(function) -> str | None:
-    """The normalised form of `function`'s source text; None when its source cannot be read or parsed."""
+    """
+    The normalised form of `function`'s source text; None when its source cannot be read or parsed, or when it wraps
+    another function (`inspect.getsource` would read the wrapped function's text, not the code that runs).
+    """
+    if hasattr(function, "__wrapped__"):
+        return None
     try:
         return normalised_source(inspect.getsource(function), function.__name__)
     except (OSError, TypeError, ValueError, SyntaxError, AttributeError):

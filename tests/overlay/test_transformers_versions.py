@@ -20,6 +20,7 @@ cache) and fall back from sdpa to the module-level eager function for `output_at
 """
 
 import contextlib
+import functools
 import importlib
 import os
 import sys
@@ -357,6 +358,11 @@ class UntestedReleaseTest(unittest.TestCase):
         self.assertIn("does not have the expected signature", status["models"]["qwen2"]["state"])
 
 
+def qwen2_stock_function():
+    """transformers' own qwen2 eager function, whether or not the overlay replaced it."""
+    return patching._originals.get("qwen2", modeling_qwen2.eager_attention_forward)
+
+
 class KnownStockFunctionsTest(unittest.TestCase):
     """`known_stock_functions.py`: the stock texts the overlay recognises, and how texts are compared."""
 
@@ -369,6 +375,18 @@ class KnownStockFunctionsTest(unittest.TestCase):
             for model_type in patchable:
                 function = getattr(modules[model_type], patching.PATCHED_ATTRIBUTE)
                 self.assertTrue(is_known_stock_function(function), f"{model_type}: {function.__module__}")
+
+    @require_torch
+    def test_wrapper_of_a_stock_function_is_not_known(self):
+        # `inspect.getsource` follows `__wrapped__`: a wrapper would read as the stock text it wraps.
+        stock = qwen2_stock_function()
+
+        @functools.wraps(stock)
+        def wrapper(*args, **kwargs):
+            return stock(*args, **kwargs)
+
+        self.assertTrue(is_known_stock_function(stock))
+        self.assertFalse(is_known_stock_function(wrapper))
 
     def test_covers_the_lower_bound_and_the_series_release(self):
         self.assertIn("4.48.0", COVERED_RELEASES)
