@@ -1,8 +1,10 @@
 """`transformers-overlay check`: reports what the overlay patches here and reproduces P-001 with and without it.
 
-Exit codes: 0 the overlay clears P-001 and eager attention runs it by default; 1 it does not clear P-001 (or the
-comparison cannot run); 2 bad arguments, or the requested model or device is not available; 3 it clears P-001 but
-this interpreter runs stock eager attention by default (opt-out set, import hook missing, unsupported transformers).
+Exit codes: 0 the overlay clears P-001 and eager attention runs it by default (also on a transformers release newer
+than the newest tested one, when its stock functions are recognised: the report says so); 1 it does not clear P-001
+(or the comparison cannot run); 2 bad arguments, or the requested model or device is not available; 3 it clears P-001
+but this interpreter runs stock eager attention by default (opt-out set, import hook missing, transformers older than
+the supported lower bound, or a function text the overlay does not recognise and was not forced to replace).
 """
 
 import argparse
@@ -40,9 +42,10 @@ def build_parser() -> argparse.ArgumentParser:
             "rounded weights."
         ),
         epilog=(
-            "exit codes: 0 the overlay clears P-001 and is active by default; 1 it does not clear P-001; "
-            "2 bad arguments, or model/device not available; 3 it clears P-001 but eager attention here runs the "
-            "stock function by default"
+            "exit codes: 0 the overlay clears P-001 and is active by default (on an untested transformers release too, "
+            "when its stock functions are recognised); 1 it does not clear P-001; 2 bad arguments, or model/device not "
+            "available; 3 it clears P-001 but eager attention here runs the stock function by default (opt-out, no "
+            "import hook, transformers older than supported, or a function text not recognised)"
         ),
     )
     check.add_argument(
@@ -108,7 +111,7 @@ def _not_active_reason(status: dict, model_types) -> str | None:
     from . import patching
 
     states = {model_type: status["models"][model_type]["state"] for model_type in model_types}
-    if all(state == patching.PATCHED for state in states.values()):
+    if all(_is_patched(state) for state in states.values()):
         return None
     if status["opt_out"]:
         variable = status["opt_out_variable"]
@@ -117,6 +120,14 @@ def _not_active_reason(status: dict, model_types) -> str | None:
         return (
             f"transformers {status['transformers']} is outside the supported range {status['supported_transformers']}"
         )
+    unrecognised = [
+        model_type for model_type, state in states.items() if not _is_patched(state) and patching.FORCE_ENV in state
+    ]
+    if unrecognised:
+        return (
+            f"the eager function of {', '.join(unrecognised)} is not a stock text the overlay recognises "
+            f"(set {patching.FORCE_ENV}=1 or call transformers_overlay.apply(force=True) to replace it anyway)"
+        )
     if status["activation"] == patching.NOT_INSTALLED:
         return (
             "the overlay is not installed in this environment, so no import hook patches transformers "
@@ -124,7 +135,14 @@ def _not_active_reason(status: dict, model_types) -> str | None:
         )
     if status["activation"] == patching.HOOK_NOT_LOADED:
         return "the import hook was not loaded: site-packages .pth files were not processed (python -S?)"
-    return "; ".join(f"{model_type}: {state}" for model_type, state in states.items() if state != patching.PATCHED)
+    return "; ".join(f"{model_type}: {state}" for model_type, state in states.items() if not _is_patched(state))
+
+
+def _is_patched(state: str) -> bool:
+    """True for a model type state "patched", with or without a note ("patched (untested release, ...)")."""
+    from . import patching
+
+    return state == patching.PATCHED or state.startswith(f"{patching.PATCHED} (")
 
 
 def _print_header(status: dict, device: str) -> None:
@@ -141,11 +159,26 @@ def _print_header(status: dict, device: str) -> None:
     else:
         opt_out = f"opt-out {variable} set to {os.environ.get(variable)!r}"
     print(f"transformers-overlay {__version__}: {status['activation']} ({opt_out})")
-    print(f"transformers {status['transformers']} (supported {status['supported_transformers']}), ", end="")
+    tested = f"newest tested {status['newest_tested_transformers']}"
+    if status["transformers_untested"]:
+        tested = f"untested release: newer than the newest tested {status['newest_tested_transformers']}"
+    print(f"transformers {status['transformers']} (supported {status['supported_transformers']}, {tested}), ", end="")
     print(f"torch {torch.__version__}, device {device} ({device_name})")
     width = max(len(model_type) for model_type in status["models"])
     for model_type, entry in status["models"].items():
         print(f"  {model_type:<{width}}  {entry['module']}: {entry['state']}")
+
+
+def _patched_note(state: str) -> str:
+    """The note of a "patched (note)" state; "" for any other state."""
+    from . import patching
+
+    prefix = f"{patching.PATCHED} ("
+    return state[len(prefix) : -1] if state.startswith(prefix) else ""
+
+
+def _parenthesised(notes: list[str]) -> str:
+    return f" ({'; '.join(notes)})" if notes else ""
 
 
 def _format_row(cells, name_width: int) -> str:
@@ -203,8 +236,10 @@ def check(model: str | None = None, device: str = "cpu", dtypes=DTYPES) -> int:
     used = [model_type for model_type in MODEL_TABLE if any(model_type in case.model_types for case, _ in runs)]
     model_types = reproduction.replaceable_model_types(used)
     not_active = _not_active_reason(status, model_types)
+    # What "patched (...)" says of the model types checked: an untested release, a forced replacement.
+    notes = sorted({_patched_note(status["models"][model_type]["state"]) for model_type in model_types} - {""})
     if not_active is None:
-        print(f"By default, eager attention of {', '.join(model_types)} runs the overlay.")
+        print(f"By default, eager attention of {', '.join(model_types)} runs the overlay{_parenthesised(notes)}.")
     else:
         print(f"By default, eager attention of {', '.join(model_types)} runs STOCK transformers code: {not_active}.")
     print(
@@ -255,10 +290,10 @@ def check(model: str | None = None, device: str = "cpu", dtypes=DTYPES) -> int:
             "The tiny models' random weights leave near-ties between tokens, so even sdpa's top-1 is far from 100% here."
         )
     print()
-    return _verdict(failures, list(dict.fromkeys(stock_nan)), not_active)
+    return _verdict(failures, list(dict.fromkeys(stock_nan)), not_active, notes)
 
 
-def _verdict(failures: list[str], stock_nan: list[str], not_active: str | None) -> int:
+def _verdict(failures: list[str], stock_nan: list[str], not_active: str | None, notes=()) -> int:
     """Prints the one-line verdict and returns the exit code."""
     stock = f"stock eager gives NaN in {', '.join(stock_nan)}" if stock_nan else "stock eager gives no NaN here"
     if failures:
@@ -272,5 +307,5 @@ def _verdict(failures: list[str], stock_nan: list[str], not_active: str | None) 
             f"NOT ACTIVE: the overlay clears P-001 ({criterion}; {stock}), but eager attention here is stock by default."
         )
         return EXIT_NOT_ACTIVE
-    print(f"PASS: the overlay clears P-001 ({criterion}; {stock}) and is active by default.")
+    print(f"PASS: the overlay clears P-001 ({criterion}; {stock}) and is active by default{_parenthesised(notes)}.")
     return EXIT_CLEARED

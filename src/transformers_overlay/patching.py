@@ -2,9 +2,12 @@
 
 The model table (`transformers_overlay.model_table.MODEL_TABLE`) says which transformers module each model type
 patches; every one of them gets `overlay_eager_attention_forward` as its module-level `eager_attention_forward`. Only
-the module attribute changes: `revert()` puts back the very object it replaced. Whether a module can be patched is
-decided per module (its function's signature, the first release that has it); the supported transformers range is the
-one the package declares (`install_requires` in setup.cfg), read from the installed package's metadata.
+the module attribute changes: `revert()` puts back the very object it replaced. Whether a module is patched is decided
+per module, from the function it would replace: its signature, and that its text is a stock one the overlay recognises
+(`transformers_overlay.stock_functions`; `TRANSFORMERS_OVERLAY_FORCE=1` or `apply(force=True)` waives the latter).
+Releases older than the lower bound the package declares (`install_requires` in setup.cfg, read from the installed
+package's metadata, or from setup.cfg of a source checkout on `PYTHONPATH`) stay stock; a newer release than the one
+tested (`releases.SERIES_RELEASE`) is patched where its functions are recognised, and `status()` says so.
 """
 
 import contextlib
@@ -14,13 +17,19 @@ import inspect
 import os
 import sys
 
-from ._activation import OPT_OUT_ENV, _warn_once, import_hook_installed, opt_out_is_set
+from ._activation import OPT_OUT_ENV, OPT_OUT_OFF_VALUES, _warn_once, import_hook_installed, opt_out_is_set
 from .model_table import MODEL_TABLE, model_type_of_module
+from .releases import SERIES_RELEASE
 
 
 DISTRIBUTION = "transformers-overlay"
 PATCHED_ATTRIBUTE = "eager_attention_forward"
 REPLACEMENT = "transformers_overlay.integrations.overlay_eager_attention:overlay_eager_attention_forward"
+# Set (to anything but "", "0", "false", "no"), it replaces a function with the expected signature even when its text
+# is not a stock one the overlay recognises; `apply(force=True)` does the same for the model types it is given.
+FORCE_ENV = "TRANSFORMERS_OVERLAY_FORCE"
+# What `status()` adds to "patched" on a release newer than the newest tested one.
+UNTESTED_RECOGNISED = "untested release, stock function recognised"
 
 # Parameters (name, kind) of the upstream function that the stable one replaces; anything else is left alone.
 _EXPECTED_PARAMETERS = (
@@ -36,6 +45,8 @@ _EXPECTED_PARAMETERS = (
 
 _originals = {}  # model type -> the transformers function that was replaced
 _skipped = {}  # model type -> why it was left alone
+_notes = {}  # model type -> what `status()` adds to "patched" for a function replaced by force
+_forced = set()  # model types `apply(force=True)` was called for, until `revert()`
 _enabled = True  # False after revert(): the import hook then leaves newly imported modules alone
 
 
@@ -55,20 +66,43 @@ def transformers_version() -> str | None:
 @functools.cache
 def supported_transformers() -> str | None:
     """
-    The transformers releases this package supports, as the specifier its metadata declares (e.g. ">=4.48,<5.24", lower
-    bound first); None when the package is not installed, so that no metadata says it.
+    The transformers releases this package supports, as the specifier it declares (e.g. ">=4.48": a lower bound only),
+    read from the installed package's metadata, or from setup.cfg when the package is imported from a source checkout
+    (e.g. through `PYTHONPATH`) without being installed; None when neither says it.
     """
-    import re
     from importlib import metadata
 
     try:
         requirements = metadata.requires(DISTRIBUTION) or []
     except metadata.PackageNotFoundError:
-        return None
+        requirements = _checkout_requirements()
+    return _transformers_specifier(requirements)
+
+
+def _checkout_requirements() -> list[str]:
+    """`install_requires` of setup.cfg in the source checkout this package is imported from; [] outside one."""
+    import configparser
+
+    setup_cfg = os.path.join(os.path.dirname(__file__), os.pardir, os.pardir, "setup.cfg")
+    setup = configparser.RawConfigParser()
+    try:
+        setup.read(setup_cfg)
+        return setup["options"]["install_requires"].splitlines() if setup["metadata"]["name"] == DISTRIBUTION else []
+    except (configparser.Error, KeyError):
+        return []
+
+
+def _transformers_specifier(requirements) -> str | None:
+    """The specifier of the unconditional `transformers` requirement among `requirements`, lower bound first."""
+    import re
+
     # Parsed without `packaging`, which may be missing when transformers (that depends on it) is.
     for line in requirements:
         requirement, _, marker = line.partition(";")
-        name, specifier = re.match(r"\s*([A-Za-z0-9._-]+)\s*(.*)", requirement).groups()
+        match = re.match(r"\s*([A-Za-z0-9._-]+)\s*(.*)", requirement)
+        if match is None:
+            continue
+        name, specifier = match.groups()
         if name.lower() == "transformers" and not marker.strip():
             specifiers = [part.strip() for part in specifier.strip("() ").split(",") if part.strip()]
             return ",".join(sorted(specifiers, key=lambda part: not part.startswith(">")))
@@ -76,7 +110,10 @@ def supported_transformers() -> str | None:
 
 
 def is_supported_transformers(version: str | None) -> bool:
-    """True when `version` is a transformers release in `supported_transformers()` (the releases tested in CI)."""
+    """
+    True when `version` is a transformers release in `supported_transformers()`, i.e. not older than its lower bound
+    (a newer release than the tested one included: its modules are patched where their functions are recognised).
+    """
     if version is None:  # checked first: without transformers, `packaging` (its dependency) may be missing too
         return False
     from packaging.specifiers import SpecifierSet
@@ -91,6 +128,23 @@ def is_supported_transformers(version: str | None) -> bool:
         return False
 
 
+def is_untested_release(version: str | None) -> bool:
+    """True when `version` is a transformers release newer than `releases.SERIES_RELEASE`, the newest one tested."""
+    if version is None:
+        return False
+    from packaging.version import InvalidVersion, Version
+
+    try:
+        return Version(version) > Version(SERIES_RELEASE)
+    except InvalidVersion:
+        return False
+
+
+def force_is_set() -> bool:
+    """True when `TRANSFORMERS_OVERLAY_FORCE` is set to anything but "", "0", "false" or "no" (case and spaces ignored)."""
+    return os.environ.get(FORCE_ENV, "").strip().lower() not in OPT_OUT_OFF_VALUES
+
+
 def _why_unsupported(version: str | None) -> str | None:
     """Why the installed transformers is not patched at all, or None when it is in the supported range."""
     if is_supported_transformers(version):
@@ -98,7 +152,10 @@ def _why_unsupported(version: str | None) -> str | None:
     found = "no installed transformers" if version is None else f"transformers {version}"
     supported = supported_transformers()
     if supported is None:
-        return f"{DISTRIBUTION} is not installed, so no package metadata says which transformers releases it supports"
+        return (
+            f"{DISTRIBUTION} is not installed and not imported from its source checkout, so nothing says which "
+            "transformers releases it supports"
+        )
     return f"{found} is outside the supported range {supported}"
 
 
@@ -125,8 +182,11 @@ def _why_not_in_release(model_type: str, version: str | None) -> str | None:
     )
 
 
-def _why_not_patchable(model_type: str, target) -> str | None:
-    """Why `target` does not look like transformers' eager attention function, or None when it does."""
+def _why_not_patchable(model_type: str, target, forced: bool = False) -> str | None:
+    """
+    Why `target` is not transformers' eager attention function as the overlay knows it (its signature, and unless
+    `forced` its text: one of the stock texts in `transformers_overlay.known_stock_functions`); None when it is.
+    """
     if target is None:
         first = MODEL_TABLE[model_type].first_patchable_release
         return (
@@ -140,21 +200,38 @@ def _why_not_patchable(model_type: str, target) -> str | None:
     if parameters != _EXPECTED_PARAMETERS:
         found = ", ".join(name for name, _ in parameters)
         return f"`{PATCHED_ATTRIBUTE}({found})` does not have the expected signature"
+    if not forced and not _is_replacement(target):
+        from .stock_functions import is_known_stock_function
+
+        if not is_known_stock_function(target):
+            return (
+                f"its `{PATCHED_ATTRIBUTE}` (transformers {transformers_version()}) is not a stock text the overlay "
+                f"recognises, so {model_type}'s eager attention stays stock; to replace it anyway set {FORCE_ENV}=1 or "
+                f"call transformers_overlay.apply(force=True)"
+            )
     return None
+
+
+def _is_replacement(target) -> bool:
+    """True when `target` is the overlay's own function (the module is patched already)."""
+    module_name, _, attribute = REPLACEMENT.partition(":")
+    return getattr(target, "__module__", None) == module_name and getattr(target, "__name__", None) == attribute
 
 
 def _patch(model_type: str) -> None:
     module = sys.modules[MODEL_TABLE[model_type].module]
     current = getattr(module, PATCHED_ATTRIBUTE, None)
-    unsupported = _why_unsupported(transformers_version())
+    version = transformers_version()
+    unsupported = _why_unsupported(version)
     if unsupported is not None:
         _skipped[model_type] = unsupported
         # One message for every model type, so that a process warns once however many modules it imports.
         _warn_once(f"transformers-overlay is inactive: {unsupported}; eager attention stays stock (P-001 not fixed).")
         return
+    forced = model_type in _forced or force_is_set()
     # The target is checked before the replacement is imported: importing it needs torch and transformers internals
     # that a transformers this check rejects may not have.
-    reason = _why_not_in_release(model_type, transformers_version()) or _why_not_patchable(model_type, current)
+    reason = _why_not_in_release(model_type, version) or _why_not_patchable(model_type, current, forced)
     if reason is None:
         try:
             replacement = _replacement()
@@ -167,8 +244,19 @@ def _patch(model_type: str) -> None:
     if current is replacement:
         return
     _skipped.pop(model_type, None)
+    if forced and not _is_recognised(current):
+        via = "apply(force=True)" if model_type in _forced else f"{FORCE_ENV}"
+        _notes[model_type] = f"forced by {via}: transformers' function text is not one the overlay recognises"
+    else:
+        _notes.pop(model_type, None)
     _originals[model_type] = current
     setattr(module, PATCHED_ATTRIBUTE, replacement)
+
+
+def _is_recognised(function) -> bool:
+    from .stock_functions import is_known_stock_function
+
+    return is_known_stock_function(function)
 
 
 def patch_loaded_module(module) -> None:
@@ -212,16 +300,20 @@ def _absent_reason(model_type: str) -> str:
     )
 
 
-def apply(model_types=None) -> dict:
+def apply(model_types=None, force: bool = False) -> dict:
     """
     Replaces `eager_attention_forward` in the modeling modules of `model_types` (default: every model type of the
     model table), importing them if needed, and keeps patching them on later imports. A model type this transformers
-    does not have is reported by `status()` and skipped. Works whether or not the import hook is installed, and
-    ignores the opt-out variable (an explicit call wins). Returns `status()`.
+    does not have, or whose function is not a stock text the overlay recognises, is reported by `status()` and left
+    stock; `force=True` replaces an unrecognised function with the expected signature too (until `revert()`). Works
+    whether or not the import hook is installed, and ignores the opt-out variable (an explicit call wins). Returns
+    `status()`.
     """
     global _enabled
     model_types = _checked_model_types(model_types)
     _enabled = True
+    if force:
+        _forced.update(model_types)
     for model_type in model_types:
         if _import_modeling_module(model_type):
             _patch(model_type)
@@ -235,6 +327,8 @@ def revert(model_types=None) -> dict:
     if set(model_types) >= set(MODEL_TABLE):
         _enabled = False
     for model_type in model_types:
+        _forced.discard(model_type)
+        _notes.pop(model_type, None)
         original = _originals.pop(model_type, None)
         module = sys.modules.get(MODEL_TABLE[model_type].module)
         if original is not None and module is not None:
@@ -249,13 +343,14 @@ def disabled():
     the modules first imported inside the block if the overlay was enabled (as the import hook would have).
     """
     global _enabled
-    was_enabled, was_patched = _enabled, list(_originals)
+    was_enabled, was_patched, was_forced = _enabled, list(_originals), set(_forced)
     imported_before = {model_type for model_type, entry in MODEL_TABLE.items() if entry.module in sys.modules}
     revert()
     try:
         yield
     finally:
         _enabled = was_enabled
+        _forced.update(was_forced)
         for model_type, entry in MODEL_TABLE.items():
             imported_inside = was_enabled and model_type not in imported_before and entry.module in sys.modules
             if model_type in was_patched or imported_inside:
@@ -270,7 +365,7 @@ REVERTED = "installed, stopped by revert()"  # until apply() is called again
 HOOK_NOT_LOADED = "installed, import hook not loaded"  # site-packages `.pth` files not processed (python -S)
 NOT_INSTALLED = "not installed"  # importable, but no `transformers_overlay.pth`: only apply() patches
 # The state of one model type, `status()["models"][model_type]["state"]`, optionally followed by " (why)":
-PATCHED = "patched"  # imported, eager attention runs the overlay's function
+PATCHED = "patched"  # imported, eager attention runs the overlay's function (noting an untested release or a force)
 STOCK = "stock"  # eager attention runs transformers' own function (imported, or not patchable in this release)
 NOT_IMPORTED = "not imported"  # transformers has not imported the modeling module yet
 STATES = (PATCHED, STOCK, NOT_IMPORTED)
@@ -298,11 +393,14 @@ def _activation() -> str:
 
 def status() -> dict:
     """
-    What the overlay does right now: versions, opt-out, `activation` (one of `ACTIVATION_STATES`) and, per model type
-    of the table, its module and `state` (one of `STATES`, with the reason in parentheses where there is one).
+    What the overlay does right now: versions (`transformers_untested`: newer than `newest_tested_transformers`),
+    opt-out, force, `activation` (one of `ACTIVATION_STATES`) and, per model type of the table, its module and `state`
+    (one of `STATES`, with the reason in parentheses where there is one, e.g. "patched (untested release, stock
+    function recognised)").
     """
     version = transformers_version()
     unsupported = _why_unsupported(version)
+    untested = unsupported is None and is_untested_release(version)
     activation = _activation()
     models = {}
     for model_type, entry in MODEL_TABLE.items():
@@ -314,12 +412,18 @@ def status() -> dict:
             state = f"{STOCK} ({not_in_release})"
         elif module is None and model_type in _skipped:  # this transformers has no such modeling module
             state = f"{STOCK} ({_skipped[model_type]})"
+        elif module is None and activation == ACTIVE and untested:
+            state = (
+                f"{NOT_IMPORTED} (will be {PATCHED} on import if its stock function is recognised: untested release)"
+            )
         elif module is None and activation == ACTIVE:
             state = f"{NOT_IMPORTED} (will be {PATCHED} on import)"
         elif module is None:
             state = f"{NOT_IMPORTED} (will stay {STOCK}: overlay {activation}; apply() patches it)"
         elif model_type in _originals:
-            state = PATCHED
+            # Without a force, what was replaced is a recognised stock function.
+            note = _notes.get(model_type, UNTESTED_RECOGNISED if untested else None)
+            state = PATCHED if note is None else f"{PATCHED} ({note})"
         elif model_type in _skipped:
             state = f"{STOCK} ({_skipped[model_type]})"
         else:
@@ -329,6 +433,9 @@ def status() -> dict:
         "transformers": version,
         "supported_transformers": supported_transformers(),
         "transformers_supported": unsupported is None,
+        "newest_tested_transformers": SERIES_RELEASE,
+        "transformers_untested": untested,
+        "force": force_is_set(),
         "opt_out_variable": OPT_OUT_ENV,
         "opt_out": opt_out_is_set(),
         "import_hook": import_hook_installed(),

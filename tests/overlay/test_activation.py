@@ -40,6 +40,7 @@ from parameterized import parameterized
 from transformers.testing_utils import require_torch
 from transformers_overlay import _activation, patching
 from transformers_overlay._activation import OPT_OUT_ENV
+from transformers_overlay.known_stock_functions import KNOWN_STOCK_FUNCTIONS
 from transformers_overlay.model_table import MODEL_TABLE, patchable_model_types
 
 
@@ -128,9 +129,13 @@ def write_fake_transformers(root: Path, version: str, modeling_sources: dict) ->
         (package / "models" / model_type / f"modeling_{model_type}.py").write_text(textwrap.dedent(source))
 
 
-UPSTREAM_SIGNATURE = """
+# A stock text the overlay recognises (SigLIP's), with annotations left unevaluated: the fake package has no torch.
+STOCK_FUNCTION = "from __future__ import annotations\n\n" + next(
+    entry["source"] for entry in KNOWN_STOCK_FUNCTIONS if "siglip" in entry["seen_in"]
+)
+CHANGED_TEXT = """
 def eager_attention_forward(module, query, key, value, attention_mask, scaling, dropout=0.0, **kwargs):
-    return "stock"
+    return "changed"
 """
 OTHER_SIGNATURE = """
 def eager_attention_forward(module, query, key, value, attention_mask, scaling, dropout=0.0, sliding_window=None, **kwargs):
@@ -293,7 +298,7 @@ class ImportHookTest(unittest.TestCase):
 
     def test_signature_mismatch_is_left_alone_with_one_warning(self):
         with tempfile.TemporaryDirectory() as root:
-            write_fake_transformers(Path(root), "5.23.0", {"qwen2": OTHER_SIGNATURE, "siglip": UPSTREAM_SIGNATURE})
+            write_fake_transformers(Path(root), "5.23.0", {"qwen2": OTHER_SIGNATURE, "siglip": STOCK_FUNCTION})
             report, stderr = probe(pythonpath=root, modules=FAKE_MODULES)
 
         self.assertEqual(report["imported"]["qwen2"], PATCHED_MODULES["qwen2"])
@@ -302,12 +307,54 @@ class ImportHookTest(unittest.TestCase):
         self.assertIn("sliding_window", qwen2_state)
         self.assertIn("expected signature", qwen2_state)
         self.assertEqual(count_overlay_warnings(stderr), 1, stderr)
-        # The fake SigLIP function does look like upstream's, so the overlay replaces it.
+        # The fake SigLIP function is a stock text, so the overlay replaces it.
         self.assertEqual(report["imported"]["siglip"], STABLE_MODULE)
+
+    def test_changed_function_text_is_left_alone_with_one_warning(self):
+        with tempfile.TemporaryDirectory() as root:
+            write_fake_transformers(Path(root), "5.23.0", {"qwen2": CHANGED_TEXT, "siglip": STOCK_FUNCTION})
+            report, stderr = probe(pythonpath=root, modules=FAKE_MODULES)
+
+        self.assertEqual(report["imported"]["qwen2"], PATCHED_MODULES["qwen2"])
+        qwen2_state = report["status"]["models"]["qwen2"]["state"]
+        self.assertTrue(qwen2_state.startswith("stock (its `eager_attention_forward`"), qwen2_state)
+        self.assertIn("is not a stock text the overlay recognises", qwen2_state)
+        self.assertEqual(count_overlay_warnings(stderr), 1, stderr)
+        self.assertIn(PATCHED_MODULES["qwen2"], stderr)
+        self.assertIn(f"set {patching.FORCE_ENV}=1 or call transformers_overlay.apply(force=True)", stderr)
+        self.assertEqual(report["imported"]["siglip"], STABLE_MODULE)
+        self.assertEqual(report["status"]["models"]["siglip"]["state"], "patched")
+
+    def test_force_variable_replaces_a_changed_function(self):
+        with tempfile.TemporaryDirectory() as root:
+            write_fake_transformers(Path(root), "5.23.0", {"qwen2": CHANGED_TEXT, "siglip": STOCK_FUNCTION})
+            report, stderr = probe(env={patching.FORCE_ENV: "1"}, pythonpath=root, modules=FAKE_MODULES)
+
+        self.assertEqual(report["imported"], {"qwen2": STABLE_MODULE, "siglip": STABLE_MODULE})
+        self.assertEqual(
+            report["status"]["models"]["qwen2"]["state"],
+            f"patched (forced by {patching.FORCE_ENV}: transformers' function text is not one the overlay recognises)",
+        )
+        self.assertEqual(report["status"]["models"]["siglip"]["state"], "patched")
+        self.assertEqual(count_overlay_warnings(stderr), 0, stderr)
+
+    def test_untested_release_with_stock_functions_is_patched(self):
+        with tempfile.TemporaryDirectory() as root:
+            write_fake_transformers(Path(root), "5.99.0", {"qwen2": STOCK_FUNCTION, "siglip": STOCK_FUNCTION})
+            report, stderr = probe(pythonpath=root, modules=FAKE_MODULES)
+
+        self.assertEqual(report["imported"], {"qwen2": STABLE_MODULE, "siglip": STABLE_MODULE})
+        self.assertTrue(report["status"]["transformers_untested"])
+        for model_type in FAKE_MODULES:
+            self.assertEqual(
+                report["status"]["models"][model_type]["state"],
+                "patched (untested release, stock function recognised)",
+            )
+        self.assertEqual(count_overlay_warnings(stderr), 0, stderr)
 
     def test_unsupported_transformers_is_left_alone_with_one_warning(self):
         with tempfile.TemporaryDirectory() as root:
-            write_fake_transformers(Path(root), "4.30.0", {"qwen2": UPSTREAM_SIGNATURE, "siglip": UPSTREAM_SIGNATURE})
+            write_fake_transformers(Path(root), "4.30.0", {"qwen2": STOCK_FUNCTION, "siglip": STOCK_FUNCTION})
             report, stderr = probe(pythonpath=root, modules=FAKE_MODULES)
 
         self.assertEqual(report["imported"], FAKE_MODULES)

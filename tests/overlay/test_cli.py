@@ -21,6 +21,7 @@ import subprocess
 import sys
 import tempfile
 import unittest
+import warnings
 from importlib import metadata
 from unittest import mock
 
@@ -28,9 +29,10 @@ from parameterized import parameterized
 
 from transformers import is_torch_available
 from transformers.testing_utils import require_torch
-from transformers_overlay import cli
+from transformers_overlay import _activation, cli, patching
 from transformers_overlay._activation import OPT_OUT_ENV
 from transformers_overlay.model_table import MODEL_TABLE, patchable_model_types
+from transformers_overlay.releases import SERIES_RELEASE
 
 
 if is_torch_available():
@@ -54,6 +56,17 @@ PATCHABLE_MODEL_TYPES = patchable_model_types(metadata.version("transformers"))
 PILLOW_MODEL_TYPES = [
     model_type for model_type, entry in MODEL_TABLE.items() if entry.inputs == "llava_onevision_image_text_inputs"
 ]
+
+
+def restore_overlay_state(state):
+    """Puts the overlay back in `state`: (enabled, patched model types, skip reasons)."""
+    patching.revert()
+    enabled, originals, skipped = state
+    if originals:
+        patching.apply(list(originals))
+    patching._enabled = enabled
+    patching._skipped.clear()
+    patching._skipped.update(skipped)
 
 
 def table_rows(output: str, attention: str) -> list[str]:
@@ -143,6 +156,57 @@ class CheckBuiltinModelsTest(unittest.TestCase):
         self.assertTrue(header.endswith(f": installed, disabled by {OPT_OUT_ENV} (set to '1')"), header)
         self.assertRegex(output, r"(?m)^  qwen2 +transformers\.models\.qwen2\.modeling_qwen2: stock$")
         self.assertIn(f"runs STOCK transformers code: the opt-out {OPT_OUT_ENV}=1 is set", output)
+        self.assertTrue(all(row.endswith("clears") for row in table_rows(output, "eager overlay")))
+        self.assertTrue(output.rstrip().splitlines()[-1].startswith("NOT ACTIVE: the overlay clears P-001"))
+
+    def test_untested_release_with_recognised_functions_exits_0(self):
+        # A transformers newer than the newest tested release whose functions are stock texts the overlay knows.
+        with mock.patch.object(patching, "transformers_version", return_value="5.99.0.dev0"):
+            code, output, error = run_check("--model", "qwen2", "--dtype", "float16")
+
+        self.assertEqual(code, cli.EXIT_CLEARED, output + error)
+        self.assertIn(
+            f"transformers 5.99.0.dev0 (supported >=4.48, untested release: newer than the newest tested "
+            f"{SERIES_RELEASE})",
+            output,
+        )
+        self.assertIn(
+            "qwen2.modeling_qwen2: patched (untested release, stock function recognised)\n",
+            output,
+        )
+        self.assertIn("runs the overlay (untested release, stock function recognised).", output)
+        self.assertTrue(output.rstrip().splitlines()[-1].startswith("PASS: the overlay clears P-001"))
+
+    def test_unrecognised_function_is_not_active_and_exits_3(self):
+        from transformers.models.qwen2 import modeling_qwen2
+
+        state = (patching._enabled, dict(patching._originals), dict(patching._skipped))
+        self.addCleanup(restore_overlay_state, state)
+        patching.revert(["qwen2"])
+        stock = modeling_qwen2.eager_attention_forward
+
+        def eager_attention_forward(module, query, key, value, attention_mask, scaling, dropout=0.0, **kwargs):
+            return stock(module, query, key, value, attention_mask, scaling, dropout=dropout, **kwargs)
+
+        with (
+            mock.patch.object(modeling_qwen2, "eager_attention_forward", eager_attention_forward),
+            mock.patch.dict(os.environ, {patching.FORCE_ENV: ""}),
+            mock.patch.object(_activation, "_warned", set()),
+            warnings.catch_warnings(record=True) as caught,
+        ):
+            warnings.simplefilter("always")
+            patching.apply(["qwen2"])
+            code, output, error = run_check("--model", "qwen2", "--dtype", "float16")
+            self.assertIs(modeling_qwen2.eager_attention_forward, eager_attention_forward)
+
+        self.assertEqual(code, cli.EXIT_NOT_ACTIVE, output + error)
+        self.assertEqual(len(caught), 1, [str(warning.message) for warning in caught])
+        self.assertIn("qwen2.modeling_qwen2: stock (its `eager_attention_forward`", output)
+        self.assertIn(
+            f"runs STOCK transformers code: the eager function of qwen2 is not a stock text the overlay recognises "
+            f"(set {patching.FORCE_ENV}=1 or call transformers_overlay.apply(force=True) to replace it anyway)",
+            output,
+        )
         self.assertTrue(all(row.endswith("clears") for row in table_rows(output, "eager overlay")))
         self.assertTrue(output.rstrip().splitlines()[-1].startswith("NOT ACTIVE: the overlay clears P-001"))
 

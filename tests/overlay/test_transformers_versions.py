@@ -20,10 +20,13 @@ cache) and fall back from sdpa to the module-level eager function for `output_at
 """
 
 import contextlib
+import functools
 import importlib
+import os
 import sys
 import unittest
 import warnings
+from pathlib import Path
 from unittest import mock
 
 from parameterized import parameterized
@@ -31,7 +34,10 @@ from parameterized import parameterized
 from transformers import is_torch_available
 from transformers.testing_utils import require_torch, torch_device
 from transformers_overlay import _activation, patching
-from transformers_overlay.model_table import MODEL_TABLE
+from transformers_overlay.known_stock_functions import COVERED_RELEASES, KNOWN_STOCK_FUNCTIONS
+from transformers_overlay.model_table import MODEL_TABLE, patchable_model_types
+from transformers_overlay.releases import SERIES_RELEASE
+from transformers_overlay.stock_functions import is_known_stock_function, normalised_source
 
 
 if is_torch_available():
@@ -71,15 +77,18 @@ def overlay_warnings(caught):
     return [str(warning.message) for warning in caught if "transformers-overlay" in str(warning.message)]
 
 
+# A release newer than the newest tested one.
+FUTURE_RELEASE = "5.99.0.dev0"
+
+
 class TransformersVersionGateTest(unittest.TestCase):
     @parameterized.expand(
         [
             ("oldest", "4.48.0", True),
-            ("newest", "5.23.0", True),
-            ("newest_patch", "5.23.9", True),
+            ("series_release", SERIES_RELEASE, True),
+            ("newer_than_tested", "5.99.0", True),  # patched where its functions are recognised
+            ("dev_build_of_a_future_release", "5.99.0.dev0", True),
             ("before_module_level_function", "4.47.1", False),
-            ("next_minor", "5.24.0", False),
-            ("next_minor_dev", "5.24.0.dev0", False),
             ("not_a_version", "main", False),
             ("not_installed", None, False),
         ]
@@ -87,8 +96,37 @@ class TransformersVersionGateTest(unittest.TestCase):
     def test_supported_range(self, _, version, supported):
         self.assertIs(patching.is_supported_transformers(version), supported)
 
-    @parameterized.expand([("older", "4.47.1"), ("newer", "5.24.0")])
-    def test_unsupported_release_is_left_stock_with_one_warning(self, _, fake_version):
+    @parameterized.expand(
+        [
+            ("oldest", "4.48.0", False),
+            ("series_release", SERIES_RELEASE, False),
+            ("dev_build_of_the_series_release", f"{SERIES_RELEASE}.dev0", False),
+            ("next_patch", "5.25.1", True),
+            ("dev_build_of_a_future_release", "5.99.0.dev0", True),
+            ("not_a_version", "main", False),
+            ("not_installed", None, False),
+        ]
+    )
+    def test_untested_release(self, _, version, untested):
+        self.assertIs(patching.is_untested_release(version), untested)
+
+    def test_declared_range_is_a_lower_bound_only(self):
+        # pip must not downgrade a newer transformers; whether its modules are patched is decided per function.
+        self.assertEqual(patching.supported_transformers(), ">=4.48")
+
+    def test_lower_bound_without_package_metadata_is_read_from_the_checkout(self):
+        # Imported from a source checkout through PYTHONPATH, without `pip install`, setup.cfg still says it; a copy
+        # without metadata outside a checkout has nothing to read it from.
+        from importlib import metadata
+
+        from_checkout = (Path(patching.__file__).parents[2] / "setup.cfg").is_file()
+        patching.supported_transformers.cache_clear()
+        self.addCleanup(patching.supported_transformers.cache_clear)
+        with mock.patch.object(metadata, "requires", side_effect=metadata.PackageNotFoundError(patching.DISTRIBUTION)):
+            self.assertEqual(patching.supported_transformers(), ">=4.48" if from_checkout else None)
+
+    def test_unsupported_release_is_left_stock_with_one_warning(self):
+        fake_version = "4.47.1"
         with overlay_state_restored(), mock.patch.object(patching, "transformers_version", return_value=fake_version):
             _activation._warned.clear()
             stock = {}  # the model table's modules this transformers has
@@ -99,7 +137,7 @@ class TransformersVersionGateTest(unittest.TestCase):
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
                 patching.apply()
-                status = patching.apply()  # a second attempt must not warn again
+                status = patching.apply(force=True)  # a second attempt must not warn again, and force does not help
 
             self.assertFalse(status["transformers_supported"])
             for model_type, function in stock.items():
@@ -107,14 +145,14 @@ class TransformersVersionGateTest(unittest.TestCase):
                 self.assertIs(getattr(module, patching.PATCHED_ATTRIBUTE, None), function)
                 self.assertEqual(
                     status["models"][model_type]["state"],
-                    f"stock (transformers {fake_version} is outside the supported range >=4.48,<5.24)",
+                    f"stock (transformers {fake_version} is outside the supported range >=4.48)",
                 )
             messages = overlay_warnings(caught)
             self.assertEqual(len(messages), 1, messages)
             self.assertIn(f"transformers {fake_version} is outside the supported range", messages[0])
 
     def test_unsupported_release_is_reported_before_import(self):
-        with mock.patch.object(patching, "transformers_version", return_value="5.24.0"), mock.patch.dict(sys.modules):
+        with mock.patch.object(patching, "transformers_version", return_value="4.47.1"), mock.patch.dict(sys.modules):
             for entry in MODEL_TABLE.values():
                 sys.modules.pop(entry.module, None)
             status = patching.status()
@@ -123,7 +161,25 @@ class TransformersVersionGateTest(unittest.TestCase):
         for model_type in MODEL_TABLE:
             self.assertEqual(
                 status["models"][model_type]["state"],
-                "not imported (will stay stock: transformers 5.24.0 is outside the supported range >=4.48,<5.24)",
+                "not imported (will stay stock: transformers 4.47.1 is outside the supported range >=4.48)",
+            )
+
+    def test_untested_release_is_reported_before_import(self):
+        with (
+            mock.patch.object(patching, "transformers_version", return_value=FUTURE_RELEASE),
+            mock.patch.object(patching, "_activation", return_value=patching.ACTIVE),
+            mock.patch.dict(patching._skipped, clear=True),
+            mock.patch.dict(sys.modules),
+        ):
+            for entry in MODEL_TABLE.values():
+                sys.modules.pop(entry.module, None)
+            status = patching.status()
+
+        self.assertTrue(status["transformers_untested"])
+        for model_type in MODEL_TABLE:
+            self.assertEqual(
+                status["models"][model_type]["state"],
+                "not imported (will be patched on import if its stock function is recognised: untested release)",
             )
 
     def test_model_type_newer_than_the_release_is_reported_stock_before_import(self):
@@ -170,6 +226,193 @@ class TransformersVersionGateTest(unittest.TestCase):
         messages = overlay_warnings(caught)
         self.assertEqual(len(messages), 1, messages)
         self.assertIn("transformers.models.siglip.modeling_siglip", messages[0])
+
+
+def import_table_modules() -> dict:
+    """The model table's modules that the installed transformers has, imported: model type -> module."""
+    modules = {}
+    for model_type, entry in MODEL_TABLE.items():
+        with contextlib.suppress(ModuleNotFoundError):
+            modules[model_type] = importlib.import_module(entry.module)
+    return modules
+
+
+@contextlib.contextmanager
+def transformers_reads_as(version: str):
+    """
+    The imported transformers package reports `version` as its `__version__`. Set after the modeling modules are
+    imported: importing a transformers submodule restores the package's own `__version__`.
+    """
+    import transformers
+
+    with mock.patch.object(transformers, "__version__", version):
+        yield
+
+
+@require_torch
+class UntestedReleaseTest(unittest.TestCase):
+    """
+    A transformers newer than the newest tested release (`SERIES_RELEASE`): patched where its function is a stock text
+    the overlay recognises, left stock with one warning where it is not, unless forced.
+    """
+
+    def setUp(self):
+        stack = contextlib.ExitStack()
+        self.addCleanup(stack.close)
+        self.modules = import_table_modules()
+        stack.enter_context(overlay_state_restored())  # stock functions from here on, restored at the end
+        stack.enter_context(mock.patch.dict(os.environ, {patching.FORCE_ENV: ""}))
+        stack.enter_context(transformers_reads_as(FUTURE_RELEASE))
+        _activation._warned.clear()
+        # The model types whose module in the installed transformers has the function to replace.
+        self.patchable = [t for t, module in self.modules.items() if hasattr(module, patching.PATCHED_ATTRIBUTE)]
+        self.stock = {t: getattr(self.modules[t], patching.PATCHED_ATTRIBUTE) for t in self.patchable}
+        from transformers_overlay.integrations.overlay_eager_attention import overlay_eager_attention_forward
+
+        self.stable = overlay_eager_attention_forward
+
+    def apply_recording_warnings(self, model_types=None, **kwargs):
+        model_types = self.patchable if model_types is None else model_types
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            patching.apply(model_types, **kwargs)
+            status = patching.apply(model_types, **kwargs)  # a second attempt must not warn again
+        return status, overlay_warnings(caught)
+
+    def change_qwen2_function(self):
+        """Puts a function with the expected signature but another text in place of qwen2's stock function."""
+        stock = self.stock["qwen2"]
+
+        def eager_attention_forward(module, query, key, value, attention_mask, scaling, dropout=0.0, **kwargs):
+            return stock(module, query, key, value, attention_mask, scaling, dropout=dropout, **kwargs)
+
+        patcher = mock.patch.object(self.modules["qwen2"], patching.PATCHED_ATTRIBUTE, eager_attention_forward)
+        patcher.start()
+        self.addCleanup(patcher.stop)
+        return eager_attention_forward
+
+    def test_unchanged_functions_are_patched_and_reported_untested(self):
+        status, messages = self.apply_recording_warnings()
+
+        self.assertEqual(status["transformers"], FUTURE_RELEASE)
+        self.assertTrue(status["transformers_supported"])
+        self.assertTrue(status["transformers_untested"])
+        self.assertEqual(status["newest_tested_transformers"], SERIES_RELEASE)
+        self.assertTrue(self.patchable)
+        for model_type in self.patchable:
+            self.assertIs(getattr(self.modules[model_type], patching.PATCHED_ATTRIBUTE), self.stable)
+            self.assertEqual(
+                status["models"][model_type]["state"], "patched (untested release, stock function recognised)"
+            )
+        self.assertEqual(messages, [])
+
+    def test_changed_function_is_left_stock_with_one_warning(self):
+        changed = self.change_qwen2_function()
+
+        status, messages = self.apply_recording_warnings()
+
+        self.assertIs(self.modules["qwen2"].eager_attention_forward, changed)
+        state = status["models"]["qwen2"]["state"]
+        self.assertTrue(
+            state.startswith("stock (its `eager_attention_forward` (transformers 5.99.0.dev0) is not"), state
+        )
+        self.assertEqual(len(messages), 1, messages)
+        self.assertIn("transformers.models.qwen2.modeling_qwen2", messages[0])
+        self.assertIn(f"set {patching.FORCE_ENV}=1 or call transformers_overlay.apply(force=True)", messages[0])
+        # Nothing else changes: the other model types are patched as usual.
+        for model_type in self.patchable:
+            if model_type != "qwen2":
+                self.assertIs(getattr(self.modules[model_type], patching.PATCHED_ATTRIBUTE), self.stable)
+
+    @parameterized.expand([("apply_force", "apply(force=True)"), ("environment", patching.FORCE_ENV)])
+    def test_force_replaces_a_changed_function(self, _, via):
+        changed = self.change_qwen2_function()
+
+        if via == patching.FORCE_ENV:
+            patcher = mock.patch.dict(os.environ, {patching.FORCE_ENV: "1"})
+            patcher.start()
+            self.addCleanup(patcher.stop)
+            status, messages = self.apply_recording_warnings(["qwen2"])
+        else:
+            status, messages = self.apply_recording_warnings(["qwen2"], force=True)
+
+        self.assertIs(self.modules["qwen2"].eager_attention_forward, self.stable)
+        self.assertEqual(
+            status["models"]["qwen2"]["state"],
+            f"patched (forced by {via}: transformers' function text is not one the overlay recognises)",
+        )
+        self.assertEqual(messages, [])
+        with patching.disabled():  # the force survives a `disabled()` block
+            self.assertIs(self.modules["qwen2"].eager_attention_forward, changed)
+        self.assertIs(self.modules["qwen2"].eager_attention_forward, self.stable)
+        patching.revert(["qwen2"])
+        self.assertIs(self.modules["qwen2"].eager_attention_forward, changed)
+
+    def test_signature_mismatch_is_not_forced(self):
+        def eager_attention_forward(module, query, key, value, attention_mask, scaling, is_causal=True):
+            return None
+
+        with mock.patch.object(self.modules["qwen2"], patching.PATCHED_ATTRIBUTE, eager_attention_forward):
+            status, _ = self.apply_recording_warnings(["qwen2"], force=True)
+            self.assertIs(self.modules["qwen2"].eager_attention_forward, eager_attention_forward)
+        self.assertIn("does not have the expected signature", status["models"]["qwen2"]["state"])
+
+
+def qwen2_stock_function():
+    """transformers' own qwen2 eager function, whether or not the overlay replaced it."""
+    return patching._originals.get("qwen2", modeling_qwen2.eager_attention_forward)
+
+
+class KnownStockFunctionsTest(unittest.TestCase):
+    """`known_stock_functions.py`: the stock texts the overlay recognises, and how texts are compared."""
+
+    @require_torch
+    def test_installed_release_functions_are_known(self):
+        modules = import_table_modules()
+        patchable = [t for t in patchable_model_types(patching.transformers_version()) if t in modules]
+        self.assertTrue(patchable)
+        with patching.disabled():
+            for model_type in patchable:
+                function = getattr(modules[model_type], patching.PATCHED_ATTRIBUTE)
+                self.assertTrue(is_known_stock_function(function), f"{model_type}: {function.__module__}")
+
+    @require_torch
+    def test_wrapper_of_a_stock_function_is_not_known(self):
+        # `inspect.getsource` follows `__wrapped__`: a wrapper would read as the stock text it wraps.
+        stock = qwen2_stock_function()
+
+        @functools.wraps(stock)
+        def wrapper(*args, **kwargs):
+            return stock(*args, **kwargs)
+
+        self.assertTrue(is_known_stock_function(stock))
+        self.assertFalse(is_known_stock_function(wrapper))
+
+    def test_covers_the_lower_bound_and_the_series_release(self):
+        self.assertIn("4.48.0", COVERED_RELEASES)
+        self.assertIn(SERIES_RELEASE, COVERED_RELEASES)
+
+    def test_every_model_type_has_a_known_text(self):
+        seen = {model_type for entry in KNOWN_STOCK_FUNCTIONS for model_type in entry["seen_in"]}
+        self.assertEqual(seen, set(MODEL_TABLE))
+        forms = [normalised_source(entry["source"]) for entry in KNOWN_STOCK_FUNCTIONS]
+        self.assertEqual(len(forms), len(set(forms)), "two entries have the same normalised form")
+
+    def test_normalised_form_ignores_docstring_annotations_and_layout_only(self):
+        stock = KNOWN_STOCK_FUNCTIONS[-1]["source"]
+        reformatted = (
+            stock.replace("    module: nn.Module,", '    module: "nn.Module",  # annotation and comment differ')
+            .replace("):\n", '):\n    """A docstring."""\n\n', 1)
+            .replace("dropout: float = 0.0", "dropout: 'float' = 0.0")
+        )
+        self.assertNotEqual(reformatted, stock)
+        self.assertEqual(normalised_source(reformatted), normalised_source(stock))
+        for changed in (
+            stock.replace("dim=-1", "dim=-2"),
+            stock.replace("dropout: float = 0.0", "dropout: float = 0.1"),
+            stock.replace("    return attn_output, attn_weights", "    return attn_output, None"),
+        ):
+            self.assertNotEqual(normalised_source(changed), normalised_source(stock))
 
 
 class Qwen2OverflowModelTester:
