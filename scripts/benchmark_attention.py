@@ -111,7 +111,10 @@ class _AttentionModule:
 
 
 def _inputs(phase, length, dtype, device):
-    """Query, key, value strided like `proj(x).view(...).transpose(1, 2)`, and the mask transformers gives eager."""
+    """
+    Query, key, value strided like `proj(x).view(...).transpose(1, 2)` (decode: keys and values contiguous, as a cache
+    holds them), and the mask transformers gives eager.
+    """
     import torch
 
     num_heads, num_key_value_heads, head_dim = GEOMETRY
@@ -126,6 +129,8 @@ def _inputs(phase, length, dtype, device):
         states(num_key_value_heads, length),
         states(num_key_value_heads, length),
     )
+    if phase == "decode":  # a KV cache holds what `torch.cat` made of the steps: contiguous keys and values
+        key, value = key.contiguous(), value.contiguous()
     mask = torch.zeros(query_len, length, dtype=dtype, device=device)
     if phase == "prefill":
         mask.masked_fill_(
