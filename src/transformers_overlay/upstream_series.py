@@ -538,6 +538,8 @@ KEEP_STOCK_WHY = {
     1: "a model its modular file already builds on, with the same text",
     2: "a model its modular file builds on through its parents, with the same text",
     3: "no model it builds on has that text",
+    4: "a model of this series that defines the same text; its own first attention is built on a model outside the"
+    " family",
 }
 
 
@@ -601,9 +603,36 @@ def keep_stock(tree: Path, family: dict[str, tuple[str, str | None]] | None = No
             # among equals, the parent it takes most from
             best = min(ranks, key=lambda c: (ranks[c], -len(modulars[model].imports.get(c, ())), c))
             chosen[model] = KeptStock(best, KEEP_STOCK_WHY[ranks[best]], taken, text)
-        else:
+        elif _first_taker_builds_on_the_family(_read(tree, modular_path(model)), taken):
             chosen[model] = KeptStock(None, KEEP_STOCK_WHY[3], taken, text)
-    return chosen
+    # The rest take the function first in a class built on a model outside the family (Video-LLaMA 3's vision
+    # attention on SigLIP's): the converter would not find `repeat_kv` for a function they define, so they import it
+    # from a model that defines it above, one that does not build on them.
+    for model, (text, taken) in sorted(kept_texts.items()):
+        if model in chosen:
+            continue
+        graph = {m: parents.get(m, set()) | ({chosen[m].source} if m in chosen else set()) for m in parents}
+        homes = [
+            other
+            for other, keep in sorted(chosen.items())
+            if keep.source is None and keep.stock == text and model not in _ancestors(other, graph)
+        ]
+        if not homes:
+            raise PatchError(
+                f"no model outside the family has {modular_path(model)}'s stock {EAGER} to import without a cycle, and "
+                "it cannot define it: cannot keep it stock"
+            )
+        chosen[model] = KeptStock(homes[0], KEEP_STOCK_WHY[4], taken, text)
+    return dict(sorted(chosen.items()))
+
+
+def _first_taker_builds_on_the_family(text: str, taken: dict[str, list[str]]) -> bool:
+    """Whether the first class of a modular file that takes the family's function subclasses a family class."""
+    leading = {name for names in taken.values() for name in names}
+    first = next(
+        (n for n in ast.parse(text).body if isinstance(n, ast.ClassDef) and _referenced_names(n) & leading), None
+    )
+    return first is not None and bool({b.id for b in first.bases if isinstance(b, ast.Name)} & (leading - {EAGER}))
 
 
 def define_stock_eager(text: str, keep: KeptStock, path: str) -> str:
