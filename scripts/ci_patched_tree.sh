@@ -68,8 +68,11 @@ step "generated route: a main-like $DEV_VERSION checkout (apply, --reverse, appl
 gitm() { git -C "$MAIN" -c user.name=ci -c user.email=ci@localhost "$@"; }
 git clone --quiet "$TREE" "$MAIN"
 gitm reset --quiet --hard "$PRISTINE"
+# as upstream's release tooling does: the package version and setup.py's
 sed -i "s/^__version__ = \"$VERSION\"/__version__ = \"$DEV_VERSION\"/" "$MAIN/src/transformers/__init__.py"
+sed -i "s/version=\"$VERSION\"/version=\"$DEV_VERSION\"/" "$MAIN/setup.py"
 grep -q "^__version__ = \"$DEV_VERSION\"" "$MAIN/src/transformers/__init__.py" || fail "could not set $DEV_VERSION"
+grep -q "version=\"$DEV_VERSION\"" "$MAIN/setup.py" || fail "could not set $DEV_VERSION in setup.py"
 gitm commit --quiet -am "Bump to $DEV_VERSION"
 MAIN_BASE="$(gitm rev-parse HEAD)"
 "$REPO/scripts/apply_patches.sh" "$MAIN" | tee "$WORK_DIR/main-apply.txt"

@@ -95,14 +95,11 @@ def git_checkout(destination: Path, version: str = SERIES_RELEASE) -> Path:
 
 
 def main_like_checkout(destination: Path) -> Path:
-    """A checkout of "main": the stored series' release with `__version__` set to the next `.dev0`, committed."""
+    """A checkout of "main": the stored series' release with its version set to the next `.dev0`, committed."""
     tree = git_checkout(destination)
-    init = tree / "src" / "transformers" / "__init__.py"
-    init.write_text(
-        init.read_text(encoding="utf-8").replace(
-            f'__version__ = "{SERIES_RELEASE}"', f'__version__ = "{MAIN_VERSION}"'
-        )
-    )
+    for path, old in (("src/transformers/__init__.py", "__version__ = "), ("setup.py", "version=")):
+        text = (tree / path).read_text(encoding="utf-8")
+        (tree / path).write_text(text.replace(f'{old}"{SERIES_RELEASE}"', f'{old}"{MAIN_VERSION}"', 1))
     git(tree, "commit", "--quiet", "-am", f"Bump to {MAIN_VERSION}")
     return tree
 

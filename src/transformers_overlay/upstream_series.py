@@ -1254,7 +1254,17 @@ def verify_with_converter(converter_dir: Path, python: str, models: list[str] | 
             expected = before.read_text(encoding="utf-8")
             if relative in family_files:
                 model = family_files[relative]
-                expected = replace_function(expected, EAGER, generated_eager_text(model, function), relative)
+                new_text = generated_eager_text(model, function)
+                try:
+                    expected = replace_function(expected, EAGER, new_text, relative)
+                except SyntaxError:  # a converter that writes this file unformatted: replace the stock text itself
+                    stock = stock_eager(pristine, model)
+                    if stock is None or expected.count(stock) != 1:
+                        problems.append(
+                            f"{relative}: the converter's output does not parse nor show the stock {EAGER}"
+                        )
+                        continue
+                    expected = expected.replace(stock, new_text)
             if after != expected:
                 diff = difflib.unified_diff(
                     expected.splitlines(), after.splitlines(), "expected", "converted", lineterm=""
