@@ -1226,7 +1226,8 @@ def converted_modular_files(tree: Path, kept: dict[str, KeptStock]) -> list[str]
 
 def convert(tree: Path, converter_dir: Path, python: str, modular_files: list[str], output: Path) -> None:
     """Converts `modular_files` of `tree` with the converter in `converter_dir`, writing the results under `output`."""
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tree / "src"), str(converter_dir)]))
+    # a fixed hash seed: the converter orders some dependencies by iterating over sets of names
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tree / "src"), str(converter_dir)]), PYTHONHASHSEED="0")
     subprocess.run([python, "-c", CONVERT_ALL, str(output), *modular_files], cwd=tree, env=env, check=True)
 
 
