@@ -144,12 +144,12 @@ def number(value, spec):
 
 
 def main():
-    sys.path[:0] = [str(REPO), str(REPO / "src"), str(REPO / "scripts")]
+    sys.path[:0] = [str(REPO), str(REPO / "src")]
     import torch
-    from make_patches import FAMILY
 
     import transformers
     from transformers_overlay.integrations.stable_eager_attention import eager_attention_forward
+    from transformers_overlay.upstream_series import FAMILY
 
     measured, skipped = {}, []
     for label, directory, tester_name in MODELS:

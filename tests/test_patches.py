@@ -207,9 +207,7 @@ class PatchSeriesTest(unittest.TestCase):
         self.assertIn("**kwargs: Unpack[TransformersKwargs],\n", upstream)
         self.assertNotIn("getattr(", upstream)
         self.assertEqual(
-            upstream.replace("module.num_key_value_groups", upstream_series.KV_GROUPS[0]).replace(
-                upstream_series.SIGNATURE_KWARGS[1], upstream_series.SIGNATURE_KWARGS[0]
-            ),
+            upstream.replace(upstream_series.SIGNATURE_KWARGS[1], upstream_series.SIGNATURE_KWARGS[0]),
             overlay,
         )
         renamed = upstream_series.converter_rename("# Qwen2's biases, qwen2 and QWEN2\n", "qwen2", "qwen2_moe")

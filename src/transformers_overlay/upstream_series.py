@@ -96,7 +96,10 @@ CASED_NAMES = {
     "qwen2_5_omni": "Qwen2_5Omni",
 }
 # Names the overlay function may use, and what the family's modeling files provide them as.
-ALLOWED_IMPORTS = {"torch", "nn", "repeat_kv"}
+ALLOWED_IMPORTS = {"torch", "nn"}
+# What the family's stock function used and the fixed one does not: the generated modeling files drop it with it (the
+# converter copies only what is used), and the models kept stock that define the stock function import it from here.
+STOCK_HELPER = ("repeat_kv", "llama")
 UPSTREAM_TESTS = ("tests/models",)
 RAG_README = "examples/rag/README.md"
 UPSTREAM_BUG = "https://github.com/huggingface/transformers/issues/33615"
@@ -139,7 +142,6 @@ def _node_span(node: ast.stmt) -> tuple[int, int]:
 
 
 SIGNATURE_KWARGS = ("    **kwargs,\n):\n", "    **kwargs: Unpack[TransformersKwargs],\n):\n")
-KV_GROUPS = ('getattr(module, "num_key_value_groups", 1)', "module.num_key_value_groups")
 
 
 def overlay_eager_text(source: Path = OVERLAY_SOURCE) -> str:
@@ -164,17 +166,35 @@ def overlay_eager_text(source: Path = OVERLAY_SOURCE) -> str:
 def upstream_eager_text(overlay_text: str) -> str:
     """
     The overlay function as upstream writes it: `**kwargs: Unpack[TransformersKwargs]` (the overlay cannot import
-    `TransformersKwargs` on every transformers version it supports) and `module.num_key_value_groups` (the overlay
-    also serves SigLIP, whose attention has no such attribute; every family attention module defines it).
+    `TransformersKwargs` on every transformers version it supports).
     """
     old, new = SIGNATURE_KWARGS
     if overlay_text.count(old) != 1:
         raise PatchError(f"{EAGER} no longer ends its signature with `**kwargs,`: update SIGNATURE_KWARGS")
-    text = overlay_text.replace(old, new)
-    old, new = KV_GROUPS
-    if old not in text:
-        raise PatchError(f"{EAGER} no longer reads `{old}`: update KV_GROUPS")
-    return text.replace(old, new)
+    return overlay_text.replace(old, new)
+
+
+def drop_unused_function(text: str, name: str) -> str:
+    """
+    `text` without its top-level function `name` (and the `# Copied from` line above it) when nothing else in the
+    file refers to it, as the converter leaves out a dependency that the code it copies no longer uses.
+    """
+    tree = ast.parse(text)
+    node = next((n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == name), None)
+    if node is None or any(
+        isinstance(child, ast.Name) and child.id == name
+        for other in tree.body
+        if other is not node
+        for child in ast.walk(other)
+    ):
+        return text
+    lines = text.splitlines(keepends=True)
+    start, end = _node_span(node)
+    if start and lines[start - 1].startswith("# Copied from "):
+        start -= 1
+    while end < len(lines) and not lines[end].strip():  # the blank lines that separated it from what follows
+        end += 1
+    return "".join(lines[:start] + lines[end:])
 
 
 def converter_rename(text: str, old_model: str, new_model: str) -> str:
@@ -247,10 +267,11 @@ def _parse_import(lines: list[str], node: ast.ImportFrom) -> ImportStatement:
     return ImportStatement(module, {a.name: comments.get(a.name, "") for a in node.names}, end - start > 1)
 
 
-def take_eager_from(text: str, model: str, path: str) -> str:
+def take_eager_from(text: str, model: str, path: str, name: str = EAGER) -> str:
     """
-    A modular file that imports `eager_attention_forward` from `..<model>.modeling_<model>` (and from nowhere else), so
-    that the converter copies that model's function; `# noqa: F401` when only the converter uses the import.
+    A modular file that imports `name` (default `eager_attention_forward`) from `..<model>.modeling_<model>` (and from
+    nowhere else), so that the converter copies that model's function; `# noqa: F401` when only the converter uses the
+    import.
     """
     tree = ast.parse(text)
     lines = text.splitlines(keepends=True)
@@ -259,7 +280,7 @@ def take_eager_from(text: str, model: str, path: str) -> str:
     if not relative:
         raise PatchError(f"{path} imports nothing from another model: not a file this generator recognises")
     used = any(
-        isinstance(n, ast.Name) and n.id == EAGER
+        isinstance(n, ast.Name) and n.id == name
         for stmt in tree.body
         if not isinstance(stmt, (ast.Import, ast.ImportFrom))
         for n in ast.walk(stmt)
@@ -270,19 +291,19 @@ def take_eager_from(text: str, model: str, path: str) -> str:
         statement = _parse_import(lines, node)
         if statement.module == source:
             target = node
-        elif EAGER in statement.names:
-            del statement.names[EAGER]
+        elif name in statement.names:
+            del statement.names[name]
             replacements[node] = statement.render() if statement.names else ""
     comment = "" if used else "# noqa: F401"
     if target is not None:
         statement = _parse_import(lines, target)
-        statement.names[EAGER] = comment
+        statement.names[name] = comment
         statement.multiline = statement.multiline or (bool(comment) and len(statement.names) > 1)
         replacements[target] = statement.render()
         insert_before = None
     else:
         # a new statement, where isort puts it among the `from ..x` imports
-        new = ImportStatement(source, {EAGER: comment}, False).render()
+        new = ImportStatement(source, {name: comment}, False).render()
         after = [n for n in relative if ("." * n.level + n.module) < source]
         anchor = after[-1] if after else None
         insert_before = (relative[0], new) if anchor is None else None
@@ -323,7 +344,6 @@ def edit_modular_qwen2(text: str, function: str) -> str:
         raise PatchError(f"{path} does not import {EAGER} from Llama's modeling file before Qwen2Attention")
     statement = _parse_import(lines, llama)
     del statement.names[EAGER]
-    statement.names.setdefault("repeat_kv", "")
     import_start, import_end = _node_span(llama)
     attention_start = _node_span(attention)[0]
     return "".join(
@@ -343,7 +363,9 @@ def edit_modular_import(text: str, model: str, source: str) -> str:
 def edit_hand_written(text: str, model: str, source: str, function: str) -> str:
     """A hand-written modeling file whose function becomes a `# Copied from` copy of `source`'s."""
     copied = f"# Copied from transformers.models.{source}.modeling_{source}.{EAGER}\n"
-    return replace_function(text, EAGER, copied + function, modeling_path(model))
+    return drop_unused_function(
+        replace_function(text, EAGER, copied + function, modeling_path(model)), STOCK_HELPER[0]
+    )
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -634,7 +656,7 @@ def _first_taker_builds_on_the_family(text: str, taken: dict[str, list[str]]) ->
 def define_stock_eager(text: str, keep: KeptStock, path: str) -> str:
     """
     A modular file that defines the stock function its modeling file has, before the first class that takes it from
-    the family, and imports `repeat_kv` for it from the family module it already imports from (as the converter did).
+    the family, and imports `repeat_kv` for it from Llama's modeling file (the family's no longer has it).
     """
     tree = ast.parse(text)
     lines = text.splitlines(keepends=True)
@@ -649,31 +671,15 @@ def define_stock_eager(text: str, keep: KeptStock, path: str) -> str:
     )
     if first is None:
         raise PatchError(f"{path}: no class takes {', '.join(sorted(leading))}; cannot place {EAGER}")
-    replacements = {}
-    needed = _referenced_names(ast.parse(keep.stock)) & {"repeat_kv"}
     defined = {n.name for n in tree.body if isinstance(n, (ast.ClassDef, ast.FunctionDef))}
     imported = _imported_names(tree)
-    for name in sorted(needed - defined - imported):
-        source = next(
-            (
-                node
-                for node in tree.body
-                if isinstance(node, ast.ImportFrom) and _model_of(node.module, node.level) in keep.taken_from
-            ),
-            None,
-        )
-        if source is None:
-            raise PatchError(f"{path} imports nothing from the family to take {name} from")
-        statement = _parse_import(lines, source)
-        statement.names[name] = ""
-        replacements[source] = statement
+    replacements = {}
     for node in tree.body:  # the family's function, which the modular file imported explicitly
         if isinstance(node, ast.ImportFrom) and _model_of(node.module, node.level) in FAMILY:
-            statement = replacements.get(node) or _parse_import(lines, node)
-            if isinstance(statement, ImportStatement) and EAGER in statement.names:
+            statement = _parse_import(lines, node)
+            if EAGER in statement.names:
                 del statement.names[EAGER]
                 replacements[node] = statement.render() if statement.names else ""
-    replacements = {node: r.render() if isinstance(r, ImportStatement) else r for node, r in replacements.items()}
     for name in ("torch", "nn"):
         if name in _referenced_names(ast.parse(keep.stock)) and name not in imported:
             raise PatchError(f"{path} does not import {name}, which its stock {EAGER} uses")
@@ -689,7 +695,11 @@ def define_stock_eager(text: str, keep: KeptStock, path: str) -> str:
         if node in replacements:
             result += lines[position:start] + [replacements[node]]
             position = end
-    return "".join(result + lines[position:])
+    text = "".join(result + lines[position:])
+    helper, home = STOCK_HELPER
+    if helper in _referenced_names(ast.parse(keep.stock)) and helper not in defined:
+        text = take_eager_from(text, home, path, name=helper)
+    return text
 
 
 def patched_files(tree: Path, function: str) -> tuple[dict[str, str], dict[str, KeptStock]]:
@@ -706,7 +716,8 @@ def patched_files(tree: Path, function: str) -> tuple[dict[str, str], dict[str, 
             files[modeling_path(model)] = edit_hand_written(_read(tree, modeling_path(model)), model, source, function)
         else:
             path = modeling_path(model)
-            files[path] = replace_function(_read(tree, path), EAGER, generated_eager_text(model, function), path)
+            patched = replace_function(_read(tree, path), EAGER, generated_eager_text(model, function), path)
+            files[path] = drop_unused_function(patched, STOCK_HELPER[0])
     for model, keep in kept.items():
         path = modular_path(model)
         if keep.source is None:
@@ -1274,6 +1285,8 @@ def verify_with_converter(converter_dir: Path, python: str, models: list[str] | 
                         )
                         continue
                     expected = expected.replace(stock, new_text)
+            if relative in family_files:
+                expected = drop_unused_function(expected, STOCK_HELPER[0])
             if after != expected:
                 diff = difflib.unified_diff(
                     expected.splitlines(), after.splitlines(), "expected", "converted", lineterm=""
