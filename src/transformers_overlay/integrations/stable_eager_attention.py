@@ -21,10 +21,9 @@ def eager_attention_forward(
     **kwargs,
 ):
     r"""
-    `softmax((query * scaling) @ key^T + attention_mask) @ value` with the scores, mask and softmax in float32 whatever
-    the input dtype (and autocast). `query` is `(batch, heads, q_len, head_dim)`, `key` and `value` `(batch, kv_heads,
-    kv_len, head_dim)`; returns `attn_output` `(batch, q_len, heads, head_dim)` and `attn_weights` `(batch, heads, q_len,
-    kv_len)` in `value.dtype`, the output computed from the weights after dropout.
+    `softmax((query * scaling) @ key^T + attention_mask) @ value` with scores, mask and softmax in float32 whatever the
+    input dtype (and autocast). Returns `attn_output` `(batch, q_len, heads, head_dim)` and `attn_weights` `(batch, heads,
+    q_len, kv_len)` in `value.dtype`, the output computed from the weights after dropout.
     """
     batch_size, num_heads, query_len, head_dim = query.shape
     num_key_value_heads, key_len = key.shape[1], key.shape[2]
