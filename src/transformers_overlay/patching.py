@@ -200,15 +200,12 @@ def _why_not_patchable(model_type: str, target, forced: bool = False) -> str | N
     if parameters != _EXPECTED_PARAMETERS:
         found = ", ".join(name for name, _ in parameters)
         return f"`{PATCHED_ATTRIBUTE}({found})` does not have the expected signature"
-    if not forced and not _is_replacement(target):
-        from .stock_functions import is_known_stock_function
-
-        if not is_known_stock_function(target):
-            return (
-                f"its `{PATCHED_ATTRIBUTE}` (transformers {transformers_version()}) is not a stock text the overlay "
-                f"recognises, so {model_type}'s eager attention stays stock; to replace it anyway set {FORCE_ENV}=1 or "
-                f"call transformers_overlay.apply(force=True)"
-            )
+    if not forced and not _is_replacement(target) and not _is_recognised(target):
+        return (
+            f"its `{PATCHED_ATTRIBUTE}` (transformers {transformers_version()}) is not a stock text the overlay "
+            f"recognises, so {model_type}'s eager attention stays stock; to replace it anyway set {FORCE_ENV}=1 or "
+            f"call transformers_overlay.apply(force=True)"
+        )
     return None
 
 
@@ -254,6 +251,7 @@ def _patch(model_type: str) -> None:
 
 
 def _is_recognised(function) -> bool:
+    """Whether `function` is one of the stock texts the overlay knows (imported here: only patching needs it)."""
     from .stock_functions import is_known_stock_function
 
     return is_known_stock_function(function)
