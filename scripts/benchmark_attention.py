@@ -36,7 +36,6 @@ Usage (from the repository root; the full run takes about 15 minutes on 2 CPU co
 """
 
 import argparse
-import gc
 import json
 import os
 import platform
@@ -46,6 +45,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+import benchmark_utils
 
 
 GEOMETRY = (28, 4, 128)  # Qwen2-7B: query heads, key/value heads, head_dim
@@ -140,52 +141,6 @@ def _inputs(phase, length, dtype, device):
     return module, query, key, value, mask[None, None]
 
 
-def _proc_status_bytes(field):
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError(f"/proc/self/status has no {field}")
-
-
-def _synchronize(device):
-    import torch
-
-    if device == "cuda":
-        torch.cuda.synchronize()
-
-
-def _peak_bytes(call, device):
-    """
-    Bytes held at the peak of `call()` above what was held before it, returned tensors included, and the seconds the
-    call took.
-    """
-    import torch
-
-    gc.collect()
-    if device == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats()
-        baseline = torch.cuda.memory_allocated()
-        start = time.perf_counter()
-        result = call()
-        torch.cuda.synchronize()
-        seconds = time.perf_counter() - start
-        peak = torch.cuda.max_memory_allocated() - baseline
-    else:
-        baseline = _proc_status_bytes("VmRSS")
-        with open("/proc/self/clear_refs", "w") as clear_refs:
-            clear_refs.write("5")  # resets VmHWM to the current resident set size
-        start = time.perf_counter()
-        result = call()
-        seconds = time.perf_counter() - start
-        peak = _proc_status_bytes("VmHWM") - baseline
-    del result
-    gc.collect()
-    return peak, seconds
-
-
 def _worker(cell):
     import torch
 
@@ -215,7 +170,7 @@ def _worker(cell):
         times, started = {name: [] for name in timed}, time.perf_counter()
         result["peak_bytes"] = {}
         for name, call in timed.items():
-            result["peak_bytes"][name], seconds = _peak_bytes(call, device)
+            result["peak_bytes"][name], seconds = benchmark_utils.peak_bytes(call, device)
             times[name].append(seconds)
         output, weights = timed["overlay"]()
         result["weights_bytes"] = weights.numel() * weights.element_size()
@@ -225,10 +180,10 @@ def _worker(cell):
         while round_index < cell["min_rounds"] or time.perf_counter() - started < cell["time_budget"]:
             shift = round_index % len(names)
             for name in names[shift:] + names[:shift]:
-                _synchronize(device)
+                benchmark_utils.synchronize(device)
                 start = time.perf_counter()
                 timed[name]()
-                _synchronize(device)
+                benchmark_utils.synchronize(device)
                 times[name].append(time.perf_counter() - start)
             round_index += 1
     result["median_s"] = {name: statistics.median(samples) for name, samples in times.items()}
@@ -302,34 +257,6 @@ def _header(columns):
     return "| " + " | ".join(names) + " |\n|" + "---|" * len(names)
 
 
-MATMUL_FLAGS = {"avx2": "AVX2", "avx512_bf16": "AVX512-BF16", "avx512_fp16": "AVX512-FP16", "amx_bf16": "AMX-BF16"}
-
-
-def _cpu_matmul_capabilities():
-    """The CPU model and the matmul-relevant instruction sets `/proc/cpuinfo` advertises (Linux; else the platform)."""
-    model = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as cpuinfo:
-            first_cpu = cpuinfo.read().split("\n\n")[0].splitlines()
-    except OSError:
-        return model
-    fields = {key.strip(): value.strip() for key, _, value in (line.partition(":") for line in first_cpu)}
-    model, flags = fields.get("model name", model), set(fields.get("flags", "").split())
-    found = [name for flag, name in MATMUL_FLAGS.items() if flag in flags]
-    return f"{model} ({', '.join(found) or 'none of ' + ', '.join(MATMUL_FLAGS.values())})"
-
-
-def _hardware(device):
-    """What the cells ran on, for the table's header: the GPU or the CPU's matmul capabilities, and the torch build."""
-    import torch
-
-    if device == "cuda":
-        hardware = f"{torch.cuda.get_device_name()} (CUDA {torch.version.cuda})"
-    else:
-        hardware = f"{_cpu_matmul_capabilities()}, {os.cpu_count()} CPUs"
-    return f"{hardware}; torch {torch.__version__}"
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--worker", help=argparse.SUPPRESS)
@@ -364,7 +291,7 @@ def main(argv=None):
 
     import transformers
 
-    hardware = _hardware(args.device)
+    hardware = benchmark_utils.hardware(args.device)
     print(f"{hardware}, transformers {transformers.__version__}; target: {TARGET}\n")
     rows = []
     for cell in _cells(args):

@@ -33,7 +33,7 @@ to change it), once on an otherwise idle machine and once beside one competing C
 Results go to stdout as tables, and the full report as JSON to `--json PATH` (default: `DEFAULT_JSON`, in the system's
 temporary directory, never inside the repository).
 
-    python scripts/benchmark_capture.py                    # the README's run (about 10 minutes on 2 CPU cores)
+    python scripts/benchmark_capture.py                    # the README's run (about 5 minutes on 2 CPU cores)
     python scripts/benchmark_capture.py --quick            # small sizes, idle and busy: a smoke test, under a minute
 """
 
@@ -43,7 +43,6 @@ import gc
 import json
 import multiprocessing
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -51,6 +50,7 @@ import tempfile
 import time
 from unittest import mock
 
+import benchmark_utils
 import torch
 
 import transformers
@@ -137,14 +137,6 @@ def run_configuration(model, name: str, run) -> tuple[int, float]:
 # Memory: one configuration per subprocess
 
 
-def _proc_status_bytes(field: str) -> int:
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError(f"/proc/self/status has no {field}")
-
-
 def memory_worker(args, name: str) -> dict:
     """One forward over `args.memory_tokens` tokens in configuration `name`: time, extra peak RSS, kept bytes."""
     model = build_model(
@@ -157,16 +149,15 @@ def memory_worker(args, name: str) -> dict:
         return model.model(input_ids=input_ids, use_cache=False, output_attentions=output_attentions).attentions
 
     gc.collect()
-    rss_before = _proc_status_bytes("VmRSS")
-    with open("/proc/self/clear_refs", "w") as clear_refs:
-        clear_refs.write("5")  # resets VmHWM (the peak RSS) to the current RSS
+    rss_before = benchmark_utils.proc_status_bytes("VmRSS")
+    benchmark_utils.reset_peak_rss()
     start = time.perf_counter()
     kept, capture_seconds = run_configuration(model, name, forward)
     seconds = time.perf_counter() - start
     return {
         "seconds": seconds,
         "capture_seconds": capture_seconds,
-        "extra_peak_bytes": _proc_status_bytes("VmHWM") - rss_before,
+        "extra_peak_bytes": benchmark_utils.proc_status_bytes("VmHWM") - rss_before,
         "kept_bytes": kept,
     }
 
@@ -320,7 +311,11 @@ def _print_memory_table(rows: list[dict], settings: dict) -> None:
 
 
 def print_tables(report: dict) -> None:
-    settings = report["settings"]
+    settings, environment = report["settings"], report["environment"]
+    print(
+        f"{environment['hardware']}, {environment['threads']} torch threads, load average before "
+        f"{environment['load_average']}, transformers {environment['transformers']}"
+    )
     if report["memory"]:
         _print_memory_table(report["memory"], settings)
     for speed in report["speed"]:
@@ -338,11 +333,6 @@ def print_tables(report: dict) -> None:
                 f"{row['vs_sdpa']:.2f}x | {row['min_vs_sdpa_min']:.2f}x | {row['capture_share']:.1%} | "
                 f"{_mib(row['kept_bytes'])} |"
             )
-    environment = report["environment"]
-    print(
-        f"\n{environment['device']}, {environment['threads']} torch threads, load average before "
-        f"{environment['load_average']}, torch {environment['torch']}, transformers {environment['transformers']}"
-    )
 
 
 def parse_args():
@@ -407,7 +397,7 @@ def main():
     }
     settings["dtype"] = args.dtype_name
     environment = {
-        "device": f"CPU ({os.cpu_count()} cores, {platform.processor() or platform.machine()})",
+        "hardware": benchmark_utils.hardware("cpu"),
         "threads": torch.get_num_threads(),
         "load_average": [round(load, 2) for load in os.getloadavg()],
         "torch": torch.__version__,

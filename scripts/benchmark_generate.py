@@ -26,16 +26,16 @@ agree with sdpa's.
 
 Defaults depend on `--device`: on CUDA a 4-layer model with Qwen2-7B's layer sizes (hidden 3584, MLP 18944), a
 2048-token prompt and 64 new tokens; on CPU a 2-layer model (hidden 512, MLP 1024), a 512-token prompt and 16 new tokens
-(under a minute on 2 cores). Every size has a flag. A markdown table goes to stdout, with the device and the torch
-build; the JSON report to `--output` (default in the system's temporary directory). Exit code 0 when every set-up ran
-and neither the overlay nor sdpa generated only token 0; 1 otherwise; 2 when the overlay cannot be applied.
+(under a minute on 2 cores). Every size has a flag. A markdown table goes to stdout, with the hardware (the CPU's matmul
+capabilities or the GPU) and the torch build; the JSON report to `--output` (default in the system's temporary
+directory). Exit code 0 when every set-up ran and neither the overlay nor sdpa generated only token 0; 1 otherwise; 2
+when the overlay cannot be applied.
 
     python scripts/benchmark_generate.py --device cuda
     python scripts/benchmark_generate.py --device cpu --prompt-tokens 64 --new-tokens 4    # a smoke test
 """
 
 import argparse
-import gc
 import json
 import os
 import platform
@@ -45,6 +45,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import benchmark_utils
 import torch
 
 import transformers
@@ -87,44 +88,9 @@ class StepClock(LogitsProcessor):
         self.times = []
 
     def __call__(self, input_ids, scores):
-        synchronize(self.device)
+        benchmark_utils.synchronize(self.device)
         self.times.append(time.perf_counter())
         return scores
-
-
-def synchronize(device: str) -> None:
-    if device == "cuda":
-        torch.cuda.synchronize()
-
-
-def _proc_status_bytes(field: str) -> int:
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError(f"/proc/self/status has no {field}")
-
-
-def peak_bytes(call, device: str) -> int | None:
-    """Bytes held at the peak of `call()` above what was held before it (None where this OS cannot tell)."""
-    gc.collect()
-    if device == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats()
-        baseline = torch.cuda.memory_allocated()
-        call()
-        torch.cuda.synchronize()
-        return torch.cuda.max_memory_allocated() - baseline
-    try:
-        baseline = _proc_status_bytes("VmRSS")
-        with open("/proc/self/clear_refs", "w") as clear_refs:
-            clear_refs.write("5")  # resets VmHWM to the current resident set size
-    except OSError:
-        call()
-        return None
-    call()
-    return _proc_status_bytes("VmHWM") - baseline
 
 
 def build_model(args) -> Qwen2ForCausalLM:
@@ -169,11 +135,11 @@ def generate(model, input_ids, new_tokens: int, clock: StepClock | None = None):
 def measure(model, input_ids, args) -> dict:
     """Warm-up, prefill peak and timed `generate` of the model's current attention set-up."""
     generate(model, input_ids, 2)
-    peak = peak_bytes(lambda: generate(model, input_ids, 1), args.device)
+    peak, _ = benchmark_utils.peak_bytes(lambda: generate(model, input_ids, 1), args.device)
     prefill_ms, per_token_ms = [], []
     for _ in range(args.repeats):
         clock = StepClock(args.device)
-        synchronize(args.device)
+        benchmark_utils.synchronize(args.device)
         start = time.perf_counter()
         tokens = generate(model, input_ids, args.new_tokens, clock)
         prefill_ms.append(1e3 * (clock.times[0] - start))
@@ -210,22 +176,15 @@ def agreement(tokens, reference) -> int:
 
 
 def environment(device: str) -> dict:
-    found = {
+    return {
+        "hardware": benchmark_utils.hardware(device),
         "torch": torch.__version__,
-        "torch_cuda": torch.version.cuda,
         "transformers": transformers.__version__,
         "machine": platform.machine(),
         "cpus": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "command": " ".join(sys.argv),
     }
-    if device == "cuda":
-        found["device"] = torch.cuda.get_device_name()
-    else:
-        found["device"] = (
-            f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads)"
-        )
-    return found
 
 
 def table(results: dict, sizes: str) -> str:
@@ -286,7 +245,7 @@ def main(argv=None) -> int:
         f"{args.new_tokens} new tokens"
     )
     print(
-        f"float16 generate on {found['device']}; torch {found['torch']} (CUDA {found['torch_cuda']}), "
+        f"float16 generate on {found['hardware']}, {found['torch_threads']} torch threads; "
         f"transformers {found['transformers']}; {sizes}; medians of {args.repeats} timed runs after a warm-up\n",
         flush=True,
     )
