@@ -34,6 +34,8 @@ from transformers_overlay._activation import OPT_OUT_ENV
 from transformers_overlay.model_table import MODEL_TABLE, patchable_model_types
 from transformers_overlay.releases import SERIES_RELEASE
 
+from .test_model_family import restore_overlay_state
+
 
 if is_torch_available():
     import torch
@@ -56,17 +58,6 @@ PATCHABLE_MODEL_TYPES = patchable_model_types(metadata.version("transformers"))
 PILLOW_MODEL_TYPES = [
     model_type for model_type, entry in MODEL_TABLE.items() if entry.inputs == "llava_onevision_image_text_inputs"
 ]
-
-
-def restore_overlay_state(state):
-    """Puts the overlay back in `state`: (enabled, patched model types, skip reasons)."""
-    patching.revert()
-    enabled, originals, skipped = state
-    if originals:
-        patching.apply(list(originals))
-    patching._enabled = enabled
-    patching._skipped.clear()
-    patching._skipped.update(skipped)
 
 
 def table_rows(output: str, attention: str) -> list[str]:

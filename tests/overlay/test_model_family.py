@@ -113,6 +113,17 @@ class ModelTableTest(unittest.TestCase):
             self.assertIn(entry.module, readme)
 
 
+def restore_overlay_state(state):
+    """Puts the overlay back in `state`: (enabled, patched model types, skip reasons)."""
+    patching.revert()
+    enabled, originals, skipped = state
+    if originals:
+        patching.apply(list(originals))
+    patching._enabled = enabled
+    patching._skipped.clear()
+    patching._skipped.update(skipped)
+
+
 @require_torch
 class FamilyHalfPrecisionTest(unittest.TestCase):
     """Each model type's tiny model with the overflow biases, left-padded text, float16 and bfloat16 eager."""
@@ -123,17 +134,7 @@ class FamilyHalfPrecisionTest(unittest.TestCase):
 
     def setUp(self):
         state = (patching._enabled, dict(patching._originals), dict(patching._skipped))
-        self.addCleanup(self.restore_overlay_state, state)
-
-    @staticmethod
-    def restore_overlay_state(state):
-        patching.revert()
-        enabled, originals, skipped = state
-        if originals:
-            patching.apply(list(originals))
-        patching._enabled = enabled
-        patching._skipped.clear()
-        patching._skipped.update(skipped)
+        self.addCleanup(restore_overlay_state, state)
 
     def logits(self, model, inputs, attn_implementation, dtype):
         reproduction.set_attention_implementation(model, attn_implementation)
